@@ -1,0 +1,1 @@
+"""tokserve: an OpenAI-compatible streaming server for Hugging Face transformers models."""
