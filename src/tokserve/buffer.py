@@ -113,8 +113,11 @@ class StreamBuffer:
         # At each scan position: either the rest of the input could still become (or grow into) a search
         # string ("open": undecided, wait), or the longest search string that matches there.
         parse = f"(?P<key>{longest_key})" if open_key is None else f"(?P<open>{open_key})|(?P<key>{longest_key})"
-        self._parse = re.compile(parse).finditer if self._table else None
+        self._parse = re.compile(parse).search if self._table else None
         self._final_parse = re.compile(longest_key).sub if self._table else None
+        # The usual state inside a tag that arrives piece by piece: the whole undecided text is still a proper
+        # prefix of a search string. A set lookup decides that without a regex call.
+        self._key_prefixes = {key[:end] for key in self._table for end in range(1, len(key))}
 
         stop_trie = _build_trie(stops)
         open_stop = _open_regex(stop_trie)
@@ -178,7 +181,9 @@ class StreamBuffer:
         elif self._stop_str is not None:
             return ""
         self._inputs.append(fragment)
-        safe = self._cut(self._held + self._replace(self._pending + fragment))
+        safe = self._replace(self._pending + fragment)
+        if self._stop_search is not None:
+            safe = self._cut(self._held + safe)
         self._outputs.append(safe)
         self._quiet = not (self._pending or self._held or self._stop_str is not None)
         return safe
@@ -215,19 +220,22 @@ class StreamBuffer:
         if self._parse is None:
             self._pending = ""
             return text
-        pieces = []
+        if text in self._key_prefixes:
+            self._pending = text
+            return ""
+        self._pending = ""
+        if text in self._table:  # one whole search string that cannot grow any more
+            return self._table[text]
+        pieces: list[str] = []
         position = 0
-        for match in self._parse(text):
+        while position < len(text) and (match := self._parse(text, position)) is not None:
             start = match.start()
-            pieces.append(text[position:start])
             if match.lastgroup == "open":
                 self._pending = text[start:]
-                return "".join(pieces)
-            pieces.append(self._table[match.group()])
+                return text[position:start] if position == 0 else "".join([*pieces, text[position:start]])
+            pieces += (text[position:start], self._table[match.group()])
             position = match.end()
-        pieces.append(text[position:])
-        self._pending = ""
-        return "".join(pieces)
+        return text if position == 0 else "".join([*pieces, text[position:]])
 
     def _replace_rest(self, text: str) -> str:
         """Replace in `text` as the end of the input: nothing is undecided any more."""
@@ -237,8 +245,6 @@ class StreamBuffer:
 
     def _cut(self, text: str) -> str:
         """Stop stage on decided, replaced `text`: return what is safe, hold back a possible stop's start."""
-        if self._stop_search is None:
-            return text
         released, self._stop_str = self._release(text)
         if self._stop_str is not None:
             self._pending = self._held = ""
