@@ -331,3 +331,15 @@ def test_a_fragment_that_is_not_a_str_raises(fragment: object) -> None:
     with pytest.raises(TypeError):
         buffer.put_cumulative(fragment)  # type: ignore[arg-type]
     assert buffer.put("still fine") == "still fine"
+
+
+def test_long_patterns_do_not_hit_recursion_limits() -> None:
+    # A client sends the stop strings: one of thousands of characters must work, not raise RecursionError.
+    long_tag, long_stop = "<" + "x" * 5000 + ">", "s" * 5000
+    buffer = StreamBuffer(replacements={long_tag: "R"}, stop=[long_stop, "s" * 2500 + "t"])
+    assert buffer.put("a" + long_tag[:3000]) == "a"
+    assert buffer.put(long_tag[3000:] + "b") == "Rb"
+    assert buffer.put("s" * 2500) == ""
+    assert buffer.put("s" * 2499 + "!") == "s" * 4999 + "!"
+    assert buffer.put("s" * 2500 + "t after") == ""
+    assert buffer.stop_str == "s" * 2500 + "t"
