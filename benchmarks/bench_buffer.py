@@ -168,15 +168,36 @@ def compare(size: int, tokflow_size: int, repeat: int, timer_ns: float) -> None:
         print(row(f"{name} | tokflow 1.3.1", theirs, len(short)) + " |")
 
 
-def growth_with_length(sizes: list[int], repeat: int) -> None:
-    print("\n| stream length (case a) | StreamBuffer ns per char | tokflow ns per char |")
-    print("|---|---|---|")
-    replacements = {"<NL>": "\n"}
-    text = SEED_SENTENCE * (max(sizes) // len(SEED_SENTENCE) + 1)
-    jobs = [(make(replacements), fragments_of(text[:size])) for size in sizes for make in (ours, tokflow)]
-    seconds = [best for best, _ in best_cpu_seconds(jobs, repeat)]
-    for index, size in enumerate(sizes):
-        print(f"| {size:,} | {seconds[2 * index] / size * 1e9:.0f} | {seconds[2 * index + 1] / size * 1e9:.0f} |")
+def growth_with_length(size: int, repeat: int) -> None:
+    """One long stream (case a) through one buffer, a tenth at a time, each tenth also through a fresh buffer
+    right after: if a put cost more late in a stream, the long-lived buffer would fall behind the fresh one."""
+    slices = 10
+    fragments = fragments_of((SEED_SENTENCE * (size // len(SEED_SENTENCE) + 1))[:size])
+    part_size = len(fragments) // slices
+    parts = [fragments[index * part_size : (index + 1) * part_size] for index in range(slices)]
+    print(f"\n| one stream of {size:,} chars (case a) | ns/char, first tenth | middle tenth | last tenth |")
+    print("|---|---|---|---|")
+    for name, make in (("StreamBuffer", ours({"<NL>": "\n"})), ("tokflow 1.3.1", tokflow({"<NL>": "\n"}))):
+        long_lived = [float("inf")] * slices
+        fresh = [float("inf")] * slices
+        for _ in range(repeat):
+            put = make().put
+            for index, part in enumerate(parts):
+                long_lived[index] = min(long_lived[index], _cpu_seconds_of(put, part))
+                fresh[index] = min(fresh[index], _cpu_seconds_of(make().put, part))
+        cells = [
+            f"{long_lived[index] / sum(map(len, parts[index])) * 1e9:.0f} "
+            f"({long_lived[index] / fresh[index]:.2f}x a fresh buffer)"
+            for index in (0, slices // 2, slices - 1)
+        ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _cpu_seconds_of(put: Callable[[str], str], fragments: list[str]) -> float:
+    started = time.process_time()
+    for fragment in fragments:
+        put(fragment)
+    return time.process_time() - started
 
 
 def growth_with_patterns(size: int, repeat: int) -> None:
@@ -219,7 +240,7 @@ def main() -> None:
     timer_ns = timer_cost_ns()
     print(f"perf_counter_ns pair costs {timer_ns:.0f} ns, subtracted from each put's latency\n")
     compare(args.size, args.tokflow_size, args.repeat, timer_ns)
-    growth_with_length([args.size // 10, args.size, args.size * 4], args.repeat)
+    growth_with_length(args.size * 4, args.repeat)
     growth_with_patterns(args.size, args.repeat)
     self_similar_text(args.size // 4, args.repeat)
 
