@@ -187,6 +187,14 @@ def test_seed_sentence_stop_example() -> None:
 # --- documented semantics, case by case ---------------------------------------------------------------------
 
 
+def test_a_stream_that_ends_inside_a_possible_tag_loses_nothing() -> None:
+    # tokflow 1.3.1 returns "" for all of this, put and flush alike: the answer is lost.
+    buffer = StreamBuffer(replacements={"<NL>": "\n"})
+    assert buffer.put("Answer: 3 <") == "Answer: 3 "
+    assert buffer.put("N") == ""
+    assert buffer.flush() == "<N"
+
+
 def test_longest_replacement_wins_and_output_is_not_rescanned() -> None:
     buffer = StreamBuffer(replacements={"a": "b", "aa": "<aa>", "b": "a"})
     assert buffer.put("aaab") + buffer.flush() == "<aa>ba"
