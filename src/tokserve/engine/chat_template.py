@@ -1,6 +1,7 @@
 """Chat messages to prompt token ids through the model's own chat template."""
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
@@ -13,7 +14,10 @@ def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[s
     if not tokenizer.chat_template:
         raise InvalidRequest("This model has no chat template; use /v1/completions.", param="messages")
     try:
-        ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_dict=False)
+        ids = tokenizer.apply_chat_template(
+            [dict(message) for message in messages], add_generation_prompt=True, return_dict=False
+        )
     except TemplateError as error:
         raise InvalidRequest(f"The chat template rejected the messages: {error}", param="messages") from error
-    return [int(token_id) for token_id in ids]
+    # With return_dict=False the template's rendering comes back as a plain list of ids.
+    return [int(token_id) for token_id in cast(list[int], ids)]

@@ -37,7 +37,7 @@ class Engine:
         self._loaded = loaded
         self.max_model_len = max_model_len or loaded.max_model_len
         self._scheduler = Scheduler(max_waiting)
-        fault = FaultHook(fault_marker, loaded.tokenizer) if fault_marker else None
+        fault = FaultHook(fault_marker, loaded.tokenizer.backend_tokenizer) if fault_marker else None
         self._worker = Worker(loaded, self._scheduler, fault)
         self._worker.start()
 

@@ -4,7 +4,7 @@ exercised for real. Enabled only by `TOKSERVE_FAULT_MARKER`, read at start-up; a
 import re
 from collections.abc import Sequence
 
-from transformers import PreTrainedTokenizerBase
+from tokenizers import Tokenizer
 
 
 class InjectedFault(RuntimeError):
@@ -14,7 +14,7 @@ class InjectedFault(RuntimeError):
 class FaultHook:
     """A prompt containing MARKER fails before its first token; MARKER<N>, after N generated tokens."""
 
-    def __init__(self, marker: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, marker: str, tokenizer: Tokenizer) -> None:
         self._pattern = re.compile(re.escape(marker) + r"(\d*)")
         self._tokenizer = tokenizer
 

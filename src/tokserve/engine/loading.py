@@ -58,8 +58,9 @@ def load_model(source: str | None, device: str = "auto", dtype: str = "auto") ->
     logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
     logger.info("Loading model onto %s as %s", target, str(torch_dtype).removeprefix("torch."))
-    model = AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf_file, dtype=torch_dtype)
-    model.to(target).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        where, gguf_file=gguf_file, dtype=torch_dtype, device_map=str(target)
+    )  # from_pretrained returns the model in eval mode
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
