@@ -19,14 +19,20 @@ class Decoder:
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
         self._tokenizer = tokenizer
-        complete, tail = _split_incomplete_tail(tokenizer, list(prompt_ids[-_PRIME_TOKENS:]))
+        window = list(prompt_ids[-_PRIME_TOKENS:])
+        complete, tail = _split_incomplete_tail(tokenizer, window)
         self._stream = DecodeStream(ids=complete, skip_special_tokens=True)
-        # A prompt that ends mid-character: its bytes wait in the stream for the generated ones that complete it.
+        # A prompt that ends mid-character: its bytes wait in the stream for the generated ones that complete it,
+        # and what the prompt already showed of those tokens (a leading space, say) is not shown twice.
         for token_id in tail:
             self._stream.step(tokenizer, token_id)
+        self._shown = tokenizer.decode(window).rstrip("\ufffd")[len(tokenizer.decode(complete)) :] if tail else ""
 
     def step(self, token_id: int) -> str:
-        return self._stream.step(self._tokenizer, token_id) or ""
+        text = self._stream.step(self._tokenizer, token_id) or ""
+        if self._shown and text:
+            text, self._shown = text.removeprefix(self._shown), ""
+        return text
 
 
 def _split_incomplete_tail(tokenizer: Tokenizer, ids: list[int]) -> tuple[list[int], list[int]]:
