@@ -22,11 +22,13 @@ def _parser() -> argparse.ArgumentParser:
         extra = field.json_schema_extra
         if isinstance(extra, dict) and extra.get("cli") is False:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag, help_text = "--" + name.replace("_", "-"), field.description or ""
         if name == "replace":
-            serve.add_argument(flag, action="append", metavar="FROM=TO", help=field.description)
-        else:
-            serve.add_argument(flag, help=f"{field.description} (default: {field.default})")
+            serve.add_argument(flag, action="append", metavar="FROM=TO", help=help_text)
+            continue
+        if "default" not in help_text:
+            help_text += f" (default: {field.default})"
+        serve.add_argument(flag, metavar=name.upper(), help=help_text)
     return parser
 
 
