@@ -16,6 +16,7 @@ LONG = {"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0, "str
 def test_disconnect_mid_stream_cancels_and_next_request_is_right(
     base_url: str, engine: Engine, client: openai.OpenAI, settings: Settings, wait_until: Callable[..., None]
 ) -> None:
+    wait_until(lambda: engine.counters.running == 0)  # the worker counts a request just after its last token
     before = engine.counters
     with httpx.Client(base_url=base_url, timeout=60) as http, http.stream("POST", "/v1/completions", json=LONG) as r:
         lines = r.iter_lines()  # kept: httpx closes the response when this iterator is collected
@@ -30,6 +31,7 @@ def test_disconnect_mid_stream_cancels_and_next_request_is_right(
 def test_queued_request_that_disconnects_never_runs(
     base_url: str, engine: Engine, wait_until: Callable[..., None]
 ) -> None:
+    wait_until(lambda: engine.counters.running == 0)  # the worker counts a request just after its last token
     before = engine.counters
     with httpx.Client(base_url=base_url, timeout=60) as http, http.stream("POST", "/v1/completions", json=LONG) as r:
         lines = r.iter_lines()  # kept: httpx closes the response when this iterator is collected
