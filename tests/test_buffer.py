@@ -87,7 +87,8 @@ def early_bound(text: str, replacements: dict[str, str], stops: list[str]) -> tu
 # --- strategies ---------------------------------------------------------------------------------------------
 
 ALPHABET = "ab<>"  # small, so that patterns really collide and overlap
-EXTRA = "ab<>Xé\u0301😀日"  # replacements may produce what the input never holds; CJK, a combining mark, emoji
+WIDE_ALPHABET = "a<日😀é\u0301"  # CJK, an emoji beyond the BMP, a letter and a combining mark
+EXTRA = "ab<>Xé\u0301😀日"  # replacements may produce what the input never holds
 
 
 def patterns(alphabet: str, max_size: int) -> st.SearchStrategy[list[str]]:
@@ -107,6 +108,7 @@ def cases(draw: st.DrawFn, alphabet: str = ALPHABET) -> tuple[str, dict[str, str
     return text, replacements, stops, fragments
 
 
+ANY_CASE = st.one_of(cases(), cases(alphabet=WIDE_ALPHABET))
 PROPERTY = settings(deadline=None, max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -114,7 +116,7 @@ PROPERTY = settings(deadline=None, max_examples=600, suppress_health_check=[Heal
 
 
 @PROPERTY
-@given(cases())
+@given(ANY_CASE)
 def test_any_chunking_gives_the_oracle_output(case: tuple[str, dict[str, str], list[str], list[str]]) -> None:
     text, replacements, stops, fragments = case
     buffer = StreamBuffer(replacements=replacements, stop=stops)
@@ -126,7 +128,7 @@ def test_any_chunking_gives_the_oracle_output(case: tuple[str, dict[str, str], l
 
 
 @PROPERTY
-@given(cases())
+@given(ANY_CASE)
 def test_every_put_is_never_wrong_and_early(case: tuple[str, dict[str, str], list[str], list[str]]) -> None:
     text, replacements, stops, fragments = case
     buffer = StreamBuffer(replacements=replacements, stop=stops)
@@ -145,15 +147,6 @@ def test_every_put_is_never_wrong_and_early(case: tuple[str, dict[str, str], lis
         # holding: exactly when, were the input to end now, flush() would return text.
         if_ended_now, _ = final_output(taken, replacements, stops)
         assert buffer.holding == (not buffer.stopped and len(if_ended_now) > len(buffer.text))
-
-
-@PROPERTY
-@given(cases(alphabet="a<日😀é\u0301"))
-def test_cjk_combining_marks_and_emoji(case: tuple[str, dict[str, str], list[str], list[str]]) -> None:
-    text, replacements, stops, fragments = case
-    buffer = StreamBuffer(replacements=replacements, stop=stops)
-    emitted = "".join(buffer.put(fragment) for fragment in fragments) + buffer.flush()
-    assert emitted == final_output(text, replacements, stops)[0]
 
 
 @settings(deadline=None, max_examples=300)
@@ -192,6 +185,14 @@ def test_seed_sentence_stop_example() -> None:
 
 
 # --- documented semantics, case by case ---------------------------------------------------------------------
+
+
+def test_a_stream_that_ends_inside_a_possible_tag_loses_nothing() -> None:
+    # tokflow 1.3.1 returns "" for all of this, put and flush alike: the answer is lost.
+    buffer = StreamBuffer(replacements={"<NL>": "\n"})
+    assert buffer.put("Answer: 3 <") == "Answer: 3 "
+    assert buffer.put("N") == ""
+    assert buffer.flush() == "<N"
 
 
 def test_longest_replacement_wins_and_output_is_not_rescanned() -> None:
@@ -331,3 +332,15 @@ def test_a_fragment_that_is_not_a_str_raises(fragment: object) -> None:
     with pytest.raises(TypeError):
         buffer.put_cumulative(fragment)  # type: ignore[arg-type]
     assert buffer.put("still fine") == "still fine"
+
+
+def test_long_patterns_do_not_hit_recursion_limits() -> None:
+    # A client sends the stop strings: one of thousands of characters must work, not raise RecursionError.
+    long_tag, long_stop = "<" + "x" * 5000 + ">", "s" * 5000
+    buffer = StreamBuffer(replacements={long_tag: "R"}, stop=[long_stop, "s" * 2500 + "t"])
+    assert buffer.put("a" + long_tag[:3000]) == "a"
+    assert buffer.put(long_tag[3000:] + "b") == "Rb"
+    assert buffer.put("s" * 2500) == ""
+    assert buffer.put("s" * 2499 + "!") == "s" * 4999 + "!"
+    assert buffer.put("s" * 2500 + "t after") == ""
+    assert buffer.stop_str == "s" * 2500 + "t"

@@ -9,9 +9,12 @@ Two stages run per fragment, each exact for every chunking of the input:
 2. Stops, on the replaced text U = R(T): the stop string that ends first (the longest of those ending there)
    cuts the output before it. The longest tail of decided U that is a proper prefix of a stop string waits.
 
-Both stages search with one regular expression built from a trie of all their strings, so the work happens in
-the `re` engine's C loop and the number of patterns does not multiply the cost; the input held between calls is
-shorter than the longest pattern, so no call rescans the stream so far. A fragment that holds no character
+Both stages search with one regular expression built from a trie of all their strings, so the search runs in
+the `re` engine's C loop and the number of patterns does not multiply the cost. What is held between calls is
+shorter than the longest pattern, so no call rescans the stream so far: a call costs the Python work of a few
+steps plus C work over the fragment and the held text. At each position the trie is walked only as far as the
+text follows some pattern: a step or two for tag-like patterns, up to the longest pattern on self-similar text
+such as a run of "a" against "aaaab" (benchmarks/RESULTS.md measures both). A fragment that holds no character
 that starts a pattern, while nothing is held, is emitted as it is.
 """
 
@@ -45,24 +48,39 @@ def _alternation(branches: list[str]) -> str:
 
 
 def _match_regex(node: _Trie, *, longest: bool) -> str:
-    """A regex for the strings below `node`: the longest (or shortest) at a given start position."""
+    """A regex for the strings below `node`: the longest (or shortest) at a given start position.
+
+    Groups nest only where the trie branches or a string ends, never once per character, so long patterns stay
+    within the recursion limits of this builder and of `re`.
+    """
+    chain = []
+    while "" not in node and len(onward := _children(node)) == 1:
+        char, node = onward[0]
+        chain.append(re.escape(char))
     branches = [re.escape(char) + _match_regex(child, longest=longest) for char, child in _children(node)]
     if not branches:
-        return ""
+        return "".join(chain)
     if "" not in node:
-        return _alternation(branches)
+        return "".join([*chain, _alternation(branches)])
     # This node ends a string: going deeper first finds the longest, stopping here first the shortest.
-    return "(?:" + "|".join(branches) + (")?" if longest else ")??")
+    return "".join([*chain, "(?:", "|".join(branches), ")?" if longest else ")??"])
 
 
-def _open_regex(node: _Trie, *, root: bool = True) -> str | None:
-    """A regex for a non-empty proper prefix of a string below `node` that runs to the end of the input."""
-    branches = [
-        re.escape(char) + str(_open_regex(child, root=False)) for char, child in _children(node) if _children(child)
-    ]
-    if root:
-        return _alternation(branches) if branches else None
-    return _alternation([*branches, r"\Z"])
+def _open_regex(root: _Trie) -> str | None:
+    """A regex for a non-empty proper prefix of a string in the trie that runs to the end of the input."""
+    branches = [re.escape(char) + _open_tail(child) for char, child in _children(root) if _children(child)]
+    return _alternation(branches) if branches else None
+
+
+def _open_tail(node: _Trie) -> str:
+    """After a proper prefix that ends at `node`: the input ends here, or runs on along a longer proper prefix."""
+    steps = []
+    # Along a chain, "(?:c|\Z)" steps need not nest: once the input has ended, every later "\Z" holds as well.
+    while len(onward := [(char, child) for char, child in _children(node) if _children(child)]) == 1:
+        char, node = onward[0]
+        steps.append(f"(?:{re.escape(char)}|\\Z)")
+    branches = [re.escape(char) + _open_tail(child) for char, child in onward]
+    return "".join([*steps, _alternation([*branches, r"\Z"])])
 
 
 def _replacement_pairs(replacements: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> dict[str, str]:
@@ -113,8 +131,11 @@ class StreamBuffer:
         # At each scan position: either the rest of the input could still become (or grow into) a search
         # string ("open": undecided, wait), or the longest search string that matches there.
         parse = f"(?P<key>{longest_key})" if open_key is None else f"(?P<open>{open_key})|(?P<key>{longest_key})"
-        self._parse = re.compile(parse).finditer if self._table else None
+        self._parse = re.compile(parse).search if self._table else None
         self._final_parse = re.compile(longest_key).sub if self._table else None
+        # The usual state inside a tag that arrives piece by piece: the whole undecided text is still a proper
+        # prefix of a search string. A set lookup decides that without a regex call.
+        self._key_prefixes = {key[:end] for key in self._table for end in range(1, len(key))}
 
         stop_trie = _build_trie(stops)
         open_stop = _open_regex(stop_trie)
@@ -178,7 +199,9 @@ class StreamBuffer:
         elif self._stop_str is not None:
             return ""
         self._inputs.append(fragment)
-        safe = self._cut(self._held + self._replace(self._pending + fragment))
+        safe = self._replace(self._pending + fragment)
+        if self._stop_search is not None:
+            safe = self._cut(self._held + safe)
         self._outputs.append(safe)
         self._quiet = not (self._pending or self._held or self._stop_str is not None)
         return safe
@@ -215,19 +238,22 @@ class StreamBuffer:
         if self._parse is None:
             self._pending = ""
             return text
-        pieces = []
+        if text in self._key_prefixes:
+            self._pending = text
+            return ""
+        self._pending = ""
+        if text in self._table:  # one whole search string that cannot grow any more
+            return self._table[text]
+        pieces: list[str] = []
         position = 0
-        for match in self._parse(text):
+        while position < len(text) and (match := self._parse(text, position)) is not None:
             start = match.start()
-            pieces.append(text[position:start])
             if match.lastgroup == "open":
                 self._pending = text[start:]
-                return "".join(pieces)
-            pieces.append(self._table[match.group()])
+                return text[position:start] if position == 0 else "".join([*pieces, text[position:start]])
+            pieces += (text[position:start], self._table[match.group()])
             position = match.end()
-        pieces.append(text[position:])
-        self._pending = ""
-        return "".join(pieces)
+        return text if position == 0 else "".join([*pieces, text[position:]])
 
     def _replace_rest(self, text: str) -> str:
         """Replace in `text` as the end of the input: nothing is undecided any more."""
@@ -237,8 +263,6 @@ class StreamBuffer:
 
     def _cut(self, text: str) -> str:
         """Stop stage on decided, replaced `text`: return what is safe, hold back a possible stop's start."""
-        if self._stop_search is None:
-            return text
         released, self._stop_str = self._release(text)
         if self._stop_str is not None:
             self._pending = self._held = ""
