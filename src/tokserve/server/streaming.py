@@ -53,14 +53,11 @@ async def respond(
 
     Failures up to the first token (prefill included) are HTTP errors; the SSE response starts only after it.
     """
-    generation = _Generation(
-        request,
-        model,
-        tokens=engine.submit(request),  # raises Overloaded or NotReady before anything is generated
-        decoder=engine.decoder(request),
-        buffer=StreamBuffer(replacements=replacements, stop=stop or None),
-        submitted=time.monotonic(),
-    )
+    decoder = engine.decoder(request)
+    buffer = StreamBuffer(replacements=replacements, stop=stop or None)
+    # Submitted last: from here on every way out must cancel the request.
+    tokens = engine.submit(request)  # raises Overloaded or NotReady before anything is generated
+    generation = _Generation(request, model, tokens, decoder, buffer, submitted=time.monotonic())
     try:
         events = generation.tokens.events()
         first = await _unless_disconnected(http_request, _first(events))
