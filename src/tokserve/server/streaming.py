@@ -15,9 +15,10 @@ from fastapi import Request
 from sse_starlette import EventSourceResponse
 
 from tokserve.buffer import StreamBuffer
+from tokserve.config import Settings
 from tokserve.engine import Decoder, Engine, GenerationRequest, TokenEvent, TokenStream
 from tokserve.errors import TokservError
-from tokserve.schemas import CompletionUsage
+from tokserve.schemas import CompletionUsage, GenerationParams
 from tokserve.schemas.generation import WireModel
 from tokserve.server.chunks import Chunks, Finish
 from tokserve.server.errors import ClientDisconnected, error_event
@@ -40,35 +41,31 @@ class _Generation:
 async def respond(
     http_request: Request,
     engine: Engine,
+    settings: Settings,
+    body: GenerationParams,
     request: GenerationRequest,
     chunks: Chunks,
-    *,
-    model: str,
-    replacements: list[tuple[str, str]],
-    stop: list[str],
-    stream: bool,
-    include_usage: bool,
 ) -> EventSourceResponse | WireModel:
     """Submit the request and answer it, streamed or whole.
 
     Failures up to the first token (prefill included) are HTTP errors; the SSE response starts only after it.
     """
     decoder = engine.decoder(request)
-    buffer = StreamBuffer(replacements=replacements, stop=stop or None)
+    buffer = StreamBuffer(replacements=settings.replace, stop=body.stop_strings or None)
     # Submitted last: from here on every way out must cancel the request.
     tokens = engine.submit(request)  # raises Overloaded or NotReady before anything is generated
-    generation = _Generation(request, model, tokens, decoder, buffer, submitted=time.monotonic())
+    generation = _Generation(request, settings.model_name, tokens, decoder, buffer, submitted=time.monotonic())
     try:
-        events = generation.tokens.events()
+        events = tokens.events()
         first = await _unless_disconnected(http_request, _first(events))
         if first.error is not None:
             raise first.error
         pieces = _safe_text(generation, first, events, first_token_at=time.monotonic())
-        if stream:
-            return EventSourceResponse(_sse(chunks, pieces, generation.tokens, include_usage), sep="\n")
+        if body.stream:
+            return EventSourceResponse(_sse(chunks, pieces, tokens, body.include_usage), sep="\n")
         return await _unless_disconnected(http_request, _collect(chunks, pieces))
     except BaseException:
-        generation.tokens.cancel()
+        tokens.cancel()
         raise
 
 

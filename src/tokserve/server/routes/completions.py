@@ -19,13 +19,5 @@ async def create_completion(
 ) -> EventSourceResponse | WireModel:
     request = completion_generation_request(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded
     return await respond(
-        http_request,
-        engine,
-        request,
-        CompletionChunks(request.request_id, settings.model_name),
-        model=settings.model_name,
-        replacements=settings.replace,
-        stop=body.stop_strings,
-        stream=body.stream,
-        include_usage=body.include_usage,
+        http_request, engine, settings, body, request, CompletionChunks(request.request_id, settings.model_name)
     )
