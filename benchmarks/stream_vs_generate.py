@@ -20,7 +20,7 @@ import httpx
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from tokserve.engine.loading import load_model
+from tokserve.engine import load_model
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 

@@ -5,7 +5,7 @@ torch and transformers live here only; route code uses the names below.
 
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.engine import Engine
-from tokserve.engine.loading import embedded_model_file
+from tokserve.engine.loading import embedded_model_file, load_model
 from tokserve.engine.request import GenerationRequest, SamplingParams
 from tokserve.engine.scheduler import Counters
 from tokserve.engine.token_stream import EndReason, TokenEvent, TokenStream
@@ -20,4 +20,5 @@ __all__ = [
     "TokenEvent",
     "TokenStream",
     "embedded_model_file",
+    "load_model",
 ]

@@ -8,10 +8,11 @@ from tokserve.schemas.chat import (
     CreateChatCompletionRequest,
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
+    MessageContent,
 )
 from tokserve.schemas.completions import CompletionChoice, CreateCompletionRequest, CreateCompletionResponse
 from tokserve.schemas.errors import Error, ErrorResponse
-from tokserve.schemas.generation import CompletionUsage, FinishReason, GenerationParams
+from tokserve.schemas.generation import CompletionUsage, FinishReason, GenerationParams, WireModel
 from tokserve.schemas.models import ListModelsResponse, Model
 
 __all__ = [
@@ -31,5 +32,7 @@ __all__ = [
     "FinishReason",
     "GenerationParams",
     "ListModelsResponse",
+    "MessageContent",
     "Model",
+    "WireModel",
 ]

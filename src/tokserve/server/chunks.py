@@ -18,8 +18,8 @@ from tokserve.schemas import (
     CreateChatCompletionStreamResponse,
     CreateCompletionResponse,
     FinishReason,
+    WireModel,
 )
-from tokserve.schemas.generation import WireModel
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,7 @@ import uuid
 from tokserve.config import Settings
 from tokserve.engine import Engine, GenerationRequest, SamplingParams
 from tokserve.errors import ContextLengthExceeded
-from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams
-from tokserve.schemas.chat import MessageContent
+from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams, MessageContent
 from tokserve.server.dependencies import check_model
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.

@@ -18,8 +18,7 @@ from tokserve.buffer import StreamBuffer
 from tokserve.config import Settings
 from tokserve.engine import Decoder, Engine, GenerationRequest, TokenEvent, TokenStream
 from tokserve.errors import TokservError
-from tokserve.schemas import CompletionUsage, GenerationParams
-from tokserve.schemas.generation import WireModel
+from tokserve.schemas import CompletionUsage, GenerationParams, WireModel
 from tokserve.server.chunks import Chunks, Finish
 from tokserve.server.errors import ClientDisconnected, error_event
 

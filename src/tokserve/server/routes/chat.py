@@ -3,8 +3,7 @@
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from tokserve.schemas import CreateChatCompletionRequest
-from tokserve.schemas.generation import WireModel
+from tokserve.schemas import CreateChatCompletionRequest, WireModel
 from tokserve.server.chunks import ChatChunks
 from tokserve.server.conversion import chat_generation_request
 from tokserve.server.dependencies import EngineDep, SettingsDep

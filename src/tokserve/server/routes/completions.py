@@ -3,8 +3,7 @@
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from tokserve.schemas import CreateCompletionRequest
-from tokserve.schemas.generation import WireModel
+from tokserve.schemas import CreateCompletionRequest, WireModel
 from tokserve.server.chunks import CompletionChunks
 from tokserve.server.conversion import completion_generation_request
 from tokserve.server.dependencies import EngineDep, SettingsDep
