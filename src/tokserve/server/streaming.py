@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class _Generation:
+    """One request on its way from token ids to text."""
+
     request: GenerationRequest
     model: str
     tokens: TokenStream
