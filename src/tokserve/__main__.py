@@ -1,0 +1,5 @@
+"""`python -m tokserve`, the same as the `tokserve` command."""
+
+from tokserve.cli import main
+
+main()

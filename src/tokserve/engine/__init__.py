@@ -1,0 +1,24 @@
+"""The engine: model loading, prompts, detokenizer, and the worker thread that owns the model.
+
+torch and transformers live here only; route code uses the names below.
+"""
+
+from tokserve.engine.detokenizer import Decoder
+from tokserve.engine.engine import Engine
+from tokserve.engine.loading import embedded_model_file, load_model
+from tokserve.engine.request import GenerationRequest, SamplingParams
+from tokserve.engine.scheduler import Counters
+from tokserve.engine.token_stream import EndReason, TokenEvent, TokenStream
+
+__all__ = [
+    "Counters",
+    "Decoder",
+    "EndReason",
+    "Engine",
+    "GenerationRequest",
+    "SamplingParams",
+    "TokenEvent",
+    "TokenStream",
+    "embedded_model_file",
+    "load_model",
+]

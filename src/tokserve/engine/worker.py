@@ -1,0 +1,85 @@
+"""The worker thread: owns the model and the KV cache and runs the step loop, one request at a time.
+
+Its one contact with asyncio is `TokenStream.push` (`loop.call_soon_threadsafe`); it never sees an HTTP object and
+never waits on a client. A failure inside one request's generation fails that request only.
+"""
+
+import logging
+import threading
+
+import torch
+from transformers import DynamicCache
+
+from tokserve.engine.faults import FaultHook, InjectedFault
+from tokserve.engine.loading import LoadedModel
+from tokserve.engine.request import GenerationRequest
+from tokserve.engine.sampling import Sampler
+from tokserve.engine.scheduler import Job, Outcome, Scheduler
+from tokserve.engine.token_stream import TokenEvent, TokenStream
+from tokserve.errors import GenerationFailed, NotReady
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Takes jobs from the scheduler and generates their tokens on its own thread."""
+
+    def __init__(self, loaded: LoadedModel, scheduler: Scheduler, fault: FaultHook | None = None) -> None:
+        self._loaded = loaded
+        self._scheduler = scheduler
+        self._fault = fault
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tokserve-worker", daemon=True)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Fail what is waiting, end the running request at its next step, and wait for the thread."""
+        self._stopping.set()
+        for job in self._scheduler.close():
+            job.stream.push(TokenEvent(error=NotReady("draining")))
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._scheduler.next()) is not None:
+            self._scheduler.done(self._serve(job))
+
+    def _serve(self, job: Job) -> Outcome:
+        try:
+            with torch.inference_mode():
+                return self._generate(job.request, job.stream)
+        except Exception:
+            logger.exception("Generation failed for request %s", job.request.request_id)
+            job.stream.push(TokenEvent(error=GenerationFailed("Generation failed; the server log has the details.")))
+            return "failed"
+
+    def _generate(self, request: GenerationRequest, stream: TokenStream) -> Outcome:
+        """Prefill, then one forward pass per new token over the request's own KV cache."""
+        model, device = self._loaded.model, self._loaded.device
+        sampler = Sampler(request.sampling, device)
+        cache = DynamicCache(config=model.config)
+        failing_step = self._fault.failing_step(request.prompt_ids) if self._fault else None
+        inputs = torch.tensor([request.prompt_ids], device=device)
+        for step in range(request.max_tokens):
+            if stream.cancelled.is_set():
+                return "finished" if stream.completed else "cancelled"
+            if self._stopping.is_set():
+                stream.push(TokenEvent(error=NotReady("draining")))
+                return "cancelled"
+            self._scheduler.drop_cancelled()
+            if step == failing_step:
+                raise InjectedFault(f"fault hook: request {request.request_id} fails at step {step}")
+            logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, -1]
+            token_id = sampler.sample(logits)
+            if token_id in self._loaded.eos_ids:
+                stream.push(TokenEvent(token_id=token_id, end="eos"))
+                return "finished"
+            stream.push(TokenEvent(token_id=token_id, end="length" if step + 1 == request.max_tokens else None))
+            inputs = torch.tensor([[token_id]], device=device)
+        return "finished"

@@ -1,0 +1,5 @@
+"""The HTTP layer: app factory, routes, SSE and the error envelope. fastapi and sse-starlette live here only."""
+
+from tokserve.server.app import create_app, load_engine
+
+__all__ = ["create_app", "load_engine"]

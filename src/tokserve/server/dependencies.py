@@ -1,0 +1,55 @@
+"""What routes reach through `Annotated` dependencies: the settings, and the engine once it is ready."""
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Depends, Request
+
+from tokserve.config import Settings
+from tokserve.engine import Engine
+from tokserve.errors import ModelNotFound, NotReady
+
+Phase = Literal["loading", "ready", "draining", "unhealthy"]
+
+
+@dataclass
+class ServerState:
+    """Kept on `app.state.tokserve`; the lifespan moves `phase` along."""
+
+    settings: Settings
+    engine: Engine | None
+    phase: Phase
+
+    @property
+    def health(self) -> Phase:
+        if self.phase == "ready" and (self.engine is None or not self.engine.is_alive):
+            return "unhealthy"
+        return self.phase
+
+
+def server_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.tokserve
+    return state
+
+
+def settings(request: Request) -> Settings:
+    return server_state(request).settings
+
+
+def ready_engine(request: Request) -> Engine:
+    """The engine, or NotReady (503 + Retry-After) while loading, draining or unhealthy."""
+    state = server_state(request)
+    if state.health != "ready" or state.engine is None:
+        raise NotReady(state.health)
+    return state.engine
+
+
+def check_model(name: str | None, settings: Settings) -> None:
+    """A request may omit `model` or name the served model; any other name is a 404."""
+    if name is not None and name != settings.model_name:
+        raise ModelNotFound(f"The model '{name}' does not exist; this server serves '{settings.model_name}'.", "model")
+
+
+StateDep = Annotated[ServerState, Depends(server_state)]
+SettingsDep = Annotated[Settings, Depends(settings)]
+EngineDep = Annotated[Engine, Depends(ready_engine)]

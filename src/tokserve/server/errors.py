@@ -1,0 +1,109 @@
+"""The one place where exceptions become OpenAI error envelopes: HTTP responses before a stream starts, the final
+`data: {"error": ...}` event after it did."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from tokserve.errors import (
+    ContextLengthExceeded,
+    GenerationFailed,
+    InvalidRequest,
+    ModelNotFound,
+    NotReady,
+    Overloaded,
+    TokservError,
+)
+from tokserve.schemas import Error, ErrorResponse
+
+logger = logging.getLogger(__name__)
+
+# Looked up along the exception's MRO, so the most specific class wins: (status, type, code).
+_KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
+    ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
+    ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    InvalidRequest: (400, "invalid_request_error", None),
+    Overloaded: (429, "rate_limit_error", "overloaded"),
+    NotReady: (503, "service_unavailable", None),
+    GenerationFailed: (500, "server_error", None),
+    TokservError: (500, "server_error", None),
+}
+
+
+class ClientDisconnected(Exception):
+    """The client left before its response started; nobody reads the answer."""
+
+
+def _kind(error: TokservError) -> tuple[int, str, str | None]:
+    for cls in type(error).__mro__:
+        if cls in _KINDS:
+            return _KINDS[cls]
+    raise AssertionError("TokservError is in the table")
+
+
+def error_response(error: TokservError) -> tuple[int, ErrorResponse]:
+    """The status and envelope of a tokserve error."""
+    status, kind, code = _kind(error)
+    if isinstance(error, NotReady):
+        code = error.state
+    return status, ErrorResponse(error=Error(message=error.message, type=kind, param=error.param, code=code))
+
+
+def error_event(error: TokservError) -> str:
+    """The SSE data of an error after the stream started."""
+    return error_response(error)[1].model_dump_json()
+
+
+def _json(status: int, body: ErrorResponse, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+async def _tokserve_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TokservError)
+    status, body = error_response(exc)
+    if status >= 500 and not isinstance(exc, NotReady):
+        logger.error("Request failed: %s", exc.message)
+    return _json(status, body, getattr(exc, "retry_after", None))
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 `{"detail"}` becomes a 400 envelope naming the first offending field."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return _json(400, _invalid(f"Malformed JSON in the request body: {first['msg']}"))
+    path = [str(part) for part in first["loc"] if part != "body"]
+    message = f"{'.'.join(path) or 'body'}: {first['msg']}"
+    return _json(400, _invalid(message, ".".join(path) or None))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _json(exc.status_code, ErrorResponse(error=Error(message=str(exc.detail), type=kind)))
+
+
+async def _client_disconnected(_: Request, __: Exception) -> JSONResponse:
+    # 499, nginx's "client closed request": only the access log ever sees it.
+    return _json(499, _invalid("The client disconnected."))
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    logger.exception("Unexpected error", exc_info=exc)
+    return _json(500, ErrorResponse(error=Error(message="Internal server error.", type="server_error")))
+
+
+def _invalid(message: str, param: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=Error(message=message, type="invalid_request_error", param=param))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(TokservError, _tokserve_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnected, _client_disconnected)
+    app.add_exception_handler(Exception, _unexpected_error)

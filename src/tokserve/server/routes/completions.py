@@ -1,0 +1,22 @@
+"""POST /v1/completions: HTTP in, the engine's public API, a response out."""
+
+from fastapi import APIRouter, Request
+from sse_starlette import EventSourceResponse
+
+from tokserve.schemas import CreateCompletionRequest, WireModel
+from tokserve.server.chunks import CompletionChunks
+from tokserve.server.conversion import completion_generation_request
+from tokserve.server.dependencies import EngineDep, SettingsDep
+from tokserve.server.streaming import respond
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    body: CreateCompletionRequest, http_request: Request, engine: EngineDep, settings: SettingsDep
+) -> EventSourceResponse | WireModel:
+    request = completion_generation_request(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded
+    return await respond(
+        http_request, engine, settings, body, request, CompletionChunks(request.request_id, settings.model_name)
+    )

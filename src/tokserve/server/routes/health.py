@@ -1,0 +1,16 @@
+"""GET /health: 200 `ready`, else 503 with `loading`, `draining` or `unhealthy`."""
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from tokserve.server.dependencies import StateDep
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health(state: StateDep) -> JSONResponse:
+    status = state.health
+    if status == "ready":
+        return JSONResponse({"status": status})
+    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "5"})

@@ -1,0 +1,118 @@
+"""One loaded engine for the whole run, served by real uvicorn servers on free loopback ports in threads."""
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from tokserve.config import Settings
+from tokserve.engine import Engine
+from tokserve.server import create_app, load_engine
+
+
+@pytest.fixture(scope="session")
+def fault_marker() -> str:
+    """Prompts containing this fail inside generation: in prefill, or after N tokens when followed by N."""
+    return "TOKSERVE-TEST-FAULT"
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run `app` on a free loopback port in a thread; yield its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()  # connections made before uvicorn starts wait in the backlog: no polling for start-up
+    host, port = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def settings(fault_marker: str) -> Iterator[Settings]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TOKSERVE_FAULT_MARKER", fault_marker)  # the hook exists only through the environment
+        yield Settings()
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = load_engine(settings)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def base_url(settings: Settings, engine: Engine) -> Iterator[str]:
+    with serve(create_app(settings, engine=engine)) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Callable[[FastAPI], AbstractContextManager[str]]:
+    return serve
+
+
+@pytest.fixture(scope="session")
+def serve_with(engine: Engine) -> Callable[..., AbstractContextManager[str]]:
+    """Another app on the same engine, with other settings: `with serve_with(replace=[...]) as url`."""
+
+    def start(**overrides: object) -> AbstractContextManager[str]:
+        return serve(create_app(Settings.model_validate(overrides), engine=engine))
+
+    return start
+
+
+@pytest.fixture
+def client(base_url: str) -> Iterator[openai.OpenAI]:
+    # max_retries=0: the SDK retries 429 and 5xx, which would hide the errors under test.
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key="x", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def http(base_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=base_url, timeout=120) as http:
+        yield http
+
+
+@pytest.fixture
+def sse(http: httpx.Client) -> Callable[[str, dict[str, object]], list[object]]:
+    """POST a streaming request; return its SSE data payloads, JSON-decoded except the final "[DONE]"."""
+
+    def post(path: str, body: dict[str, object]) -> list[object]:
+        with http.stream("POST", path, json={**body, "stream": True}) as response:
+            assert response.status_code == 200, response.read()
+            assert response.headers["content-type"].startswith("text/event-stream")
+            payloads = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
+        return [payload if payload == "[DONE]" else json.loads(payload) for payload in payloads]
+
+    return post
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[[Callable[[], bool]], None]:
+    """Wait for a condition on counters or /health that another thread makes true; fail after 60 s."""
+
+    def wait(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        tick = threading.Event()  # never set: its timed wait paces the polling
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in 60 s"
+            tick.wait(0.02)
+
+    return wait

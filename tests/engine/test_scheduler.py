@@ -1,0 +1,65 @@
+"""The waiting line: FIFO, bounded, cancelled requests dropped without running, counters."""
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from tokserve.engine import GenerationRequest, SamplingParams, TokenStream
+from tokserve.engine.scheduler import Job, Scheduler
+from tokserve.errors import Overloaded
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def job(loop: asyncio.AbstractEventLoop, name: str) -> Job:
+    return Job(GenerationRequest(name, (1, 2), 4, SamplingParams()), TokenStream(loop))
+
+
+def test_fifo_and_counters(loop: asyncio.AbstractEventLoop) -> None:
+    scheduler = Scheduler(max_waiting=4)
+    first, second = job(loop, "a"), job(loop, "b")
+    scheduler.admit(first)
+    scheduler.admit(second)
+    assert scheduler.counters.waiting == 2
+    assert scheduler.next() is first
+    assert (scheduler.counters.running, scheduler.counters.waiting) == (1, 1)
+    scheduler.done("finished")
+    assert scheduler.next() is second
+    scheduler.done("failed")
+    counters = scheduler.counters
+    assert (counters.running, counters.waiting, counters.finished, counters.failed) == (0, 0, 1, 1)
+
+
+def test_full_line_is_overloaded(loop: asyncio.AbstractEventLoop) -> None:
+    scheduler = Scheduler(max_waiting=1)
+    scheduler.admit(job(loop, "a"))
+    with pytest.raises(Overloaded):
+        scheduler.admit(job(loop, "b"))
+
+
+def test_cancelled_waiting_jobs_are_dropped(loop: asyncio.AbstractEventLoop) -> None:
+    scheduler = Scheduler(max_waiting=4)
+    gone, kept, also_gone = job(loop, "a"), job(loop, "b"), job(loop, "c")
+    for each in (gone, kept, also_gone):
+        scheduler.admit(each)
+    gone.stream.cancel()
+    scheduler.drop_cancelled()
+    assert (scheduler.counters.waiting, scheduler.counters.cancelled) == (2, 1)
+    also_gone.stream.cancel()
+    assert scheduler.next() is kept
+    scheduler.done("finished")
+    assert scheduler.counters.cancelled == 2 and scheduler.counters.waiting == 0
+
+
+def test_close_hands_back_waiting_jobs(loop: asyncio.AbstractEventLoop) -> None:
+    scheduler = Scheduler(max_waiting=4)
+    waiting = job(loop, "a")
+    scheduler.admit(waiting)
+    assert scheduler.close() == [waiting]
+    assert scheduler.next() is None

@@ -1,0 +1,65 @@
+"""Settings: `--replace` parsing, environment variables, the served name, the CLI's flags."""
+
+import pytest
+from pydantic import ValidationError
+
+from tokserve.cli import main
+from tokserve.config import Settings, parse_replacement
+
+
+@pytest.mark.parametrize(
+    ("rule", "pair"),
+    [
+        ("<NL>=\\n", ("<NL>", "\n")),
+        ("a=b=c", ("a", "b=c")),
+        ("a\\=b=c", ("a=b", "c")),
+        ("x=", ("x", "")),
+        ("\\t=\\\\", ("\t", "\\")),
+        ("###=\\n\\n", ("###", "\n\n")),
+    ],
+)
+def test_replacement_rules(rule: str, pair: tuple[str, str]) -> None:
+    assert parse_replacement(rule) == pair
+
+
+@pytest.mark.parametrize("rule", ["abc", "=x", "a\\q=b", "a\\"])
+def test_bad_replacement_rules(rule: str) -> None:
+    with pytest.raises(ValueError, match="replacement"):
+        parse_replacement(rule)
+
+
+def test_replacements_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(replace=["<NL>=\\n", "<TAB>=\\t"]).replace == [("<NL>", "\n"), ("<TAB>", "\t")]
+    monkeypatch.setenv("TOKSERVE_REPLACE", "<NL>=\\n\n<TAB>=\\t")
+    assert Settings().replace == [("<NL>", "\n"), ("<TAB>", "\t")]
+    with pytest.raises(ValidationError, match="once"):
+        Settings(replace=["a=b", "a=c"])
+
+
+@pytest.mark.parametrize(
+    ("model", "served", "name"),
+    [
+        (None, None, "SmolLM2-135M-Instruct"),
+        ("/models/SmolLM2-135M-Instruct.Q4_1.gguf", None, "SmolLM2-135M-Instruct"),
+        ("/models/Llama-3.2-1B-Instruct-Q4_K_M.gguf", None, "Llama-3.2-1B-Instruct"),
+        ("HuggingFaceTB/SmolLM2-360M-Instruct", None, "HuggingFaceTB/SmolLM2-360M-Instruct"),
+        (None, "my-model", "my-model"),
+    ],
+)
+def test_served_model_name(model: str | None, served: str | None, name: str) -> None:
+    assert Settings(model=model, served_model_name=served).model_name == name
+
+
+def test_cli_help_lists_flags_but_not_the_fault_hook(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--help"])
+    assert exited.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--model", "--served-model-name", "--host", "--port", "--device", "--dtype", "--replace"):
+        assert flag in help_text
+    assert "--fault" not in help_text and "TOKSERVE_FAULT_MARKER" not in help_text
+
+
+def test_cli_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit, match="replacement"):
+        main(["serve", "--replace", "no-equals-sign"])
