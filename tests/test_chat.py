@@ -91,7 +91,9 @@ def test_ctrl_c_stops_the_reply_and_the_generation(
 def test_one_shot_from_stdin_or_argument(base_url: str) -> None:
     expected = whole_reply(base_url, [{"role": "user", "content": QUESTION}], 12) + "\n"
     options = ("--temperature", "0", "--max-tokens", "12")
-    piped = subprocess.run(command(base_url, *options), input=QUESTION, capture_output=True, text=True, timeout=60)
+    piped = subprocess.run(
+        command(base_url, *options), input=f"{QUESTION}\n", capture_output=True, text=True, timeout=60
+    )
     assert (piped.returncode, piped.stdout, piped.stderr) == (0, expected, "")
     argument = subprocess.run(
         command(base_url, *options, QUESTION), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60

@@ -67,7 +67,7 @@ def chat(
     """Run `tokserve chat`; return the exit status."""
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
     if prompt is None and not sys.stdin.isatty():
-        prompt = sys.stdin.read()  # one-shot from a pipe: `echo question | tokserve chat`
+        prompt = sys.stdin.read().strip()  # one-shot from a pipe: `echo question | tokserve chat`
     try:
         conversation = Conversation(client, model or client.models.list().data[0].id, system, temperature, max_tokens)
         if prompt is not None:

@@ -66,9 +66,9 @@ def test_reply_streams_and_both_turns_reach_the_server(
     url, received = logged_server
     browser.get(url)
     WebDriverWait(browser, 30).until(lambda _: browser.find_element(By.ID, "model").text == "SmolLM2-135M-Instruct")
-    fill(browser, "system", "You are a helpful assistant.")
+    fill(browser, "system", "You are a helpful poet. Write short lines.")
     fill(browser, "temperature", "0")
-    fill(browser, "max-tokens", "24")
+    fill(browser, "max-tokens", "30")
     fill(browser, "api-key", "sk-test")
     question = "Write a haiku about the sea."
 
@@ -79,22 +79,23 @@ def test_reply_streams_and_both_turns_reach_the_server(
     assert len(frames) >= 3, frames  # it grew on screen, frame after frame, before it was complete
     assert all(first.startswith(text) for text in frames) and frames[0] != first
     note = reply.find_element(By.CLASS_NAME, "note").text
+    assert "\n" in first and "\n" in reply.find_element(By.CLASS_NAME, "text").text  # shown on its own lines
 
     ask(browser, "Now one about the sky.")
     headers, body = received[-1]
     assert headers["authorization"] == "Bearer sk-test"
-    system = {"role": "system", "content": "You are a helpful assistant."}
+    system = {"role": "system", "content": "You are a helpful poet. Write short lines."}
     assert body["messages"] == [
         system,
         {"role": "user", "content": question},
         {"role": "assistant", "content": first},
         {"role": "user", "content": "Now one about the sky."},
     ]
-    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0, 24, True)
+    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0, 30, True)
     # What the page showed is the model's whole reply, newlines and spaces included.
     whole = httpx.post(
         f"{url}/v1/chat/completions",
-        json={"messages": [system, {"role": "user", "content": question}], "temperature": 0, "max_tokens": 24},
+        json={"messages": [system, {"role": "user", "content": question}], "temperature": 0, "max_tokens": 30},
         timeout=120,
     )
     assert whole.json()["choices"][0]["message"]["content"] == first
