@@ -17,6 +17,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from tokserve.engine import Engine
 
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's, as .ci/run installs them
 # Records the text of one reply each animation frame while it streams: what a watching user saw, frame by frame.
 WATCH = """
 const item = [...document.querySelectorAll(".message.assistant")].pop();
@@ -32,11 +33,15 @@ requestAnimationFrame(watch);
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail(
+            "these tests need Debian's chromium and chromium-driver: `apt-get install chromium chromium-driver`"
+        )
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    options.binary_location = CHROMIUM
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=900,900"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
     yield driver
     driver.quit()
 
