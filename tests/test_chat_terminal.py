@@ -60,8 +60,8 @@ def test_conversation_keeps_turns_and_reset_starts_over(logged_server: tuple[str
     assert (body["temperature"], body["max_tokens"]) == (0, 16)
 
     assert say(child, "/reset") == "(new conversation)"
-    say(child, "Hi")
-    assert received[-1][1]["messages"] == [SYSTEM, {"role": "user", "content": "Hi"}]
+    say(child, "Capital of Italy?")
+    assert received[-1][1]["messages"] == [SYSTEM, {"role": "user", "content": "Capital of Italy?"}]
     child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.wait()

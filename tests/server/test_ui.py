@@ -73,7 +73,7 @@ def test_reply_streams_and_both_turns_reach_the_server(
     WebDriverWait(browser, 30).until(lambda _: browser.find_element(By.ID, "model").text == "SmolLM2-135M-Instruct")
     fill(browser, "system", "You are a helpful poet. Write short lines.")
     fill(browser, "temperature", "0")
-    fill(browser, "max-tokens", "30")
+    fill(browser, "max-tokens", "16")
     fill(browser, "api-key", "sk-test")
     question = "Write a haiku about the sea."
 
@@ -96,11 +96,11 @@ def test_reply_streams_and_both_turns_reach_the_server(
         {"role": "assistant", "content": first},
         {"role": "user", "content": "Now one about the sky."},
     ]
-    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0, 30, True)
+    assert (body["temperature"], body["max_tokens"], body["stream"]) == (0, 16, True)
     # What the page showed is the model's whole reply, newlines and spaces included.
     whole = httpx.post(
         f"{url}/v1/chat/completions",
-        json={"messages": [system, {"role": "user", "content": question}], "temperature": 0, "max_tokens": 30},
+        json={"messages": [system, {"role": "user", "content": question}], "temperature": 0, "max_tokens": 16},
         timeout=120,
     )
     assert whole.json()["choices"][0]["message"]["content"] == first
@@ -140,6 +140,7 @@ def test_model_output_is_shown_as_text(
     markup = "<b>e</b><script>document.title='injected'</script>"
     with serve_with(replace=[f"e={markup}"]) as url:
         browser.get(url)
+        fill(browser, "temperature", "0")
         fill(browser, "max-tokens", "12")
         reply = ask(browser, "Hello!")
     assert markup in reply.find_element(By.CLASS_NAME, "text").text
