@@ -7,8 +7,8 @@ let turns = []; // this conversation's user and assistant messages; the system p
 let inFlight = null; // the AbortController of the reply being streamed
 
 function headers() {
-  const key = $("api-key").value.trim();
-  return key ? { "Content-Type": "application/json", Authorization: `Bearer ${key}` } : { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim(); // sent only when filled in: a server without keys needs none
+  return { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) };
 }
 
 function addMessage(role, text) {
@@ -73,7 +73,9 @@ function describe(started, firstAt, endedAt, usage) {
   const parts = [`TTFT ${((firstAt - started) / 1000).toFixed(2)} s`];
   const tokens = usage?.completion_tokens;
   // Decoding speed: the tokens after the first, over the time after the first.
-  if (tokens > 1 && endedAt > firstAt) parts.push(`${((tokens - 1) / ((endedAt - firstAt) / 1000)).toFixed(1)} tokens/s`);
+  if (tokens > 1 && endedAt > firstAt) {
+    parts.push(`${((tokens - 1) / ((endedAt - firstAt) / 1000)).toFixed(1)} tokens/s`);
+  }
   if (tokens) parts.push(`${tokens} tokens`);
   return parts.join(" · ");
 }
