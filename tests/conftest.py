@@ -6,12 +6,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokserve.config import Settings
 from tokserve.engine import Engine
@@ -25,7 +28,7 @@ def fault_marker() -> str:
 
 
 @contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
+def serve(app: ASGIApp) -> Iterator[str]:
     """Run `app` on a free loopback port in a thread; yield its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -116,3 +119,36 @@ def wait_until() -> Callable[[Callable[[], bool]], None]:
             tick.wait(0.02)
 
     return wait
+
+
+@dataclass
+class ChatRequestLog:
+    """Test-only ASGI middleware: keeps the headers and JSON body of each chat request the server received."""
+
+    app: ASGIApp
+    received: list[tuple[dict[str, str], dict[str, Any]]] = field(default_factory=list)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+
+        async def receive_and_keep() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body"):
+                    headers = {name.decode(): value.decode() for name, value in scope["headers"]}
+                    self.received.append((headers, json.loads(body)))
+            return message
+
+        await self.app(scope, receive_and_keep, send)
+
+
+@pytest.fixture(scope="session")
+def logged_server(settings: Settings, engine: Engine) -> Iterator[tuple[str, list[tuple[dict[str, str], Any]]]]:
+    """The server behind a `ChatRequestLog`: its base URL, and the (headers, body) of each chat request received."""
+    log = ChatRequestLog(create_app(settings, engine=engine))
+    with serve(log) as url:
+        yield url, log.received

@@ -36,6 +36,12 @@ def test_replacements_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch
         Settings(replace=["a=b", "a=c"])
 
 
+def test_no_ui_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().no_ui is False
+    monkeypatch.setenv("TOKSERVE_NO_UI", "1")
+    assert Settings().no_ui is True
+
+
 @pytest.mark.parametrize(
     ("model", "served", "name"),
     [
@@ -55,7 +61,7 @@ def test_cli_help_lists_flags_but_not_the_fault_hook(capsys: pytest.CaptureFixtu
         main(["serve", "--help"])
     assert exited.value.code == 0
     help_text = capsys.readouterr().out
-    for flag in ("--model", "--served-model-name", "--host", "--port", "--device", "--dtype", "--replace"):
+    for flag in ("--model", "--served-model-name", "--host", "--port", "--device", "--dtype", "--replace", "--no-ui"):
         assert flag in help_text
     assert "--fault" not in help_text and "TOKSERVE_FAULT_MARKER" not in help_text
 

@@ -1,23 +1,26 @@
-"""`tokserve serve`: flags built from `Settings` (each field's description is its help), logging, uvicorn."""
+"""`tokserve serve` (flags built from `Settings`, each field's description its help) and `tokserve chat`."""
 
 import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-import uvicorn
 from pydantic import ValidationError
 
 from tokserve.config import Settings
-from tokserve.engine import embedded_model_file
 from tokserve.errors import StartupError
-from tokserve.server import create_app
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokserve", description="OpenAI-compatible streaming server.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="Serve a model over HTTP (flags override TOKSERVE_* variables).")
+    _add_serve(commands.add_parser("serve", help="Serve a model over HTTP (flags override TOKSERVE_* variables)."))
+    _add_chat(commands.add_parser("chat", help="Chat with a running server in the terminal, streaming the replies."))
+    return parser
+
+
+def _add_serve(serve: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         extra = field.json_schema_extra
         if isinstance(extra, dict) and extra.get("cli") is False:
@@ -25,16 +28,43 @@ def _parser() -> argparse.ArgumentParser:
         flag, help_text = "--" + name.replace("_", "-"), field.description or ""
         if name == "replace":
             serve.add_argument(flag, action="append", metavar="FROM=TO", help=help_text)
-            continue
-        if "default" not in help_text:
-            help_text += f" (default: {field.default})"
-        serve.add_argument(flag, metavar=name.upper(), help=help_text)
-    return parser
+        elif field.annotation is bool:
+            # default None, not False: an absent flag leaves the TOKSERVE_* variable in charge
+            serve.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            if "default" not in help_text:
+                help_text += f" (default: {field.default})"
+            serve.add_argument(flag, metavar=name.upper(), help=help_text)
+
+
+def _add_chat(chat: argparse.ArgumentParser) -> None:
+    chat.add_argument(
+        "prompt", nargs="?", help="Ask this once, print the reply and exit (also: text on stdin when it is not a TTY)"
+    )
+    chat.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="The server's API (default: %(default)s)")
+    chat.add_argument("--api-key", default="none", help="Sent as `Authorization: Bearer KEY`")
+    chat.add_argument("--model", help="Model name (default: the first one the server lists)")
+    chat.add_argument("--system", help="System prompt")
+    chat.add_argument("--temperature", type=float, help="Sampling temperature, 0 for greedy (default: the server's)")
+    chat.add_argument("--max-tokens", type=int, help="Reply length limit in tokens (default: the server's)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
-    args.pop("command")
+    if args.pop("command") == "chat":
+        # Imported here: the chat client must start quickly, without the server's torch and transformers.
+        from tokserve.chat import chat
+
+        sys.exit(chat(**args))
+    _serve(args)
+
+
+def _serve(args: dict[str, Any]) -> None:  # argparse's namespace: untyped
+    import uvicorn
+
+    from tokserve.engine import embedded_model_file
+    from tokserve.server import create_app
+
     try:
         settings = Settings(**{name: value for name, value in args.items() if value is not None})
         if settings.model is None:

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     )
     max_waiting: int = Field(64, ge=0, description="Requests allowed to wait for the engine; beyond it, 429")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+    no_ui: bool = Field(False, description="Do not serve the web chat page at /")
     fault_marker: str | None = Field(
         None,
         description="Testing only, env TOKSERVE_FAULT_MARKER: a prompt containing MARKER fails in prefill, "

@@ -12,7 +12,7 @@ from tokserve.config import Settings
 from tokserve.engine import Engine
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import install_error_handlers
-from tokserve.server.routes import routers
+from tokserve.server.routes import routers, ui
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in routers:
         app.include_router(router)
+    if not settings.no_ui:
+        app.include_router(ui.router)
     return app
 
 
