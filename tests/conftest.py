@@ -12,6 +12,7 @@ import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from tokenizers import Tokenizer
 
 from tokserve.config import Settings
 from tokserve.engine import Engine
@@ -54,6 +55,12 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = load_engine(settings)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(engine: Engine) -> Tokenizer:
+    """The embedded model's `tokenizers` tokenizer (loading it alone from the GGUF file takes as long as the model)."""
+    return engine.loaded.tokenizer.backend_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -114,5 +121,15 @@ def wait_until() -> Callable[[Callable[[], bool]], None]:
         while not condition():
             assert time.monotonic() < deadline, "condition not reached in 60 s"
             tick.wait(0.02)
+
+    return wait
+
+
+@pytest.fixture(scope="session")
+def wait_idle(engine: Engine, wait_until: Callable[[Callable[[], bool]], None]) -> Callable[[], None]:
+    """Wait until the worker has nothing running or waiting (it counts a request just after its last token)."""
+
+    def wait() -> None:
+        wait_until(lambda: engine.counters.running == 0 and engine.counters.waiting == 0)
 
     return wait
