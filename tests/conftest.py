@@ -15,6 +15,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tokenizers import Tokenizer
 
 from tokserve.config import Settings
 from tokserve.engine import Engine
@@ -57,6 +58,12 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = load_engine(settings)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(engine: Engine) -> Tokenizer:
+    """The embedded model's `tokenizers` tokenizer (loading it alone from the GGUF file takes as long as the model)."""
+    return engine.loaded.tokenizer.backend_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -152,3 +159,13 @@ def logged_server(settings: Settings, engine: Engine) -> Iterator[tuple[str, lis
     log = ChatRequestLog(create_app(settings, engine=engine))
     with serve(log) as url:
         yield url, log.received
+
+
+@pytest.fixture(scope="session")
+def wait_idle(engine: Engine, wait_until: Callable[[Callable[[], bool]], None]) -> Callable[[], None]:
+    """Wait until the worker has nothing running or waiting (it counts a request just after its last token)."""
+
+    def wait() -> None:
+        wait_until(lambda: engine.counters.running == 0 and engine.counters.waiting == 0)
+
+    return wait

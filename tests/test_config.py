@@ -1,5 +1,7 @@
 """Settings: `--replace` parsing, environment variables, the served name, the CLI's flags."""
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -69,3 +71,16 @@ def test_cli_help_lists_flags_but_not_the_fault_hook(capsys: pytest.CaptureFixtu
 def test_cli_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="replacement"):
         main(["serve", "--replace", "no-equals-sign"])
+
+
+def test_chat_template_file_is_read_and_parsed_once(tmp_path: Path) -> None:
+    good = tmp_path / "good.jinja"
+    good.write_text("{% for message in messages %}{{ message['content'] }}{% endfor %}")
+    assert Settings(chat_template=good).chat_template_text == good.read_text()
+    assert Settings().chat_template_text is None
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% for message in messages %}")
+    with pytest.raises(ValidationError, match=r"broken\.jinja"):
+        Settings(chat_template=broken)
+    with pytest.raises(ValidationError, match="chat_template"):
+        Settings(chat_template=tmp_path / "missing.jinja")

@@ -5,9 +5,10 @@ This is the only module that reads the environment. Parsing, such as `--replace 
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
+import jinja2
+from pydantic import Field, FilePath, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -64,6 +65,11 @@ class Settings(BaseSettings):
         None, ge=1, description="Context length in tokens (prompt + output); default: the model's own"
     )
     max_waiting: int = Field(64, ge=0, description="Requests allowed to wait for the engine; beyond it, 429")
+    max_n: int = Field(4, ge=1, le=128, description="Most choices (`n`) one request may ask for")
+    chat_template: FilePath | None = Field(
+        None, description="Jinja chat template file that replaces the model's own; default: the tokenizer's"
+    )
+    _chat_template_text: str | None = PrivateAttr(None)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     no_ui: bool = Field(False, description="Do not serve the web chat page at /")
     fault_marker: str | None = Field(
@@ -89,6 +95,23 @@ class Settings(BaseSettings):
         if len(set(sources)) != len(sources):
             raise ValueError("each replacement FROM may be given once")
         return value
+
+    @model_validator(mode="after")
+    def _read_chat_template(self) -> Self:
+        """Read and parse the template once, so a broken file stops the start, not every chat request."""
+        if self.chat_template is not None:
+            try:
+                text = self.chat_template.read_text()
+                jinja2.Environment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+            except (OSError, UnicodeDecodeError, jinja2.TemplateError) as error:
+                raise ValueError(f"chat template {self.chat_template}: {error}") from error
+            self._chat_template_text = text
+        return self
+
+    @property
+    def chat_template_text(self) -> str | None:
+        """The --chat-template file's text, or None for the model's own template."""
+        return self._chat_template_text
 
     @property
     def model_name(self) -> str:

@@ -1,19 +1,11 @@
 """DecodeStream-based detokenization with the embedded model's tokenizer: whole characters only, spaces right,
 and a prompt that ends mid-character."""
 
-import pytest
 from tokenizers import Tokenizer
-from transformers import AutoTokenizer
 
-from tokserve.engine import Decoder, embedded_model_file
+from tokserve.engine import Decoder
 
 TEXT = "Hello, 世界! 日本語のテキストと絵文字 😀🎉👍🏽 and café."
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Tokenizer:
-    path = embedded_model_file()
-    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).backend_tokenizer
 
 
 def test_pieces_are_whole_characters_and_join_to_the_full_decode(tokenizer: Tokenizer) -> None:
@@ -33,3 +25,12 @@ def test_special_tokens_are_skipped(tokenizer: Tokenizer) -> None:
     decoder = Decoder(tokenizer, prompt)
     pieces = [decoder.step(token_id) for token_id in tokenizer.encode(" Hi there", add_special_tokens=False).ids]
     assert "".join(pieces) + decoder.step(end) == " Hi there"
+    shown = Decoder(tokenizer, prompt, skip_special_tokens=False)
+    assert (
+        "".join(shown.step(token_id) for token_id in [*pieces_ids(tokenizer, " Hi there"), end])
+        == " Hi there<|im_end|>"
+    )
+
+
+def pieces_ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False).ids)

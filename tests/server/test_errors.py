@@ -34,11 +34,12 @@ def envelope(error: openai.APIStatusError) -> dict[str, Any]:
         ({"top_p": -0.1}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),
         ({"stop": ""}, "stop"),
-        ({"n": 2}, "n"),
+        ({"n": 5}, "n"),
+        ({"n": 0}, "n"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "user"}]}, "messages.0.user.content"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0"),
-        ({"stream_options": {"include_usage": True}}, None),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_invalid_fields_are_400(client: openai.OpenAI, settings: Settings, params: dict[str, Any], param: str) -> None:

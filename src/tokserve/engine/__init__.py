@@ -5,10 +5,12 @@ torch and transformers live here only; route code uses the names below.
 
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.engine import Engine
-from tokserve.engine.loading import embedded_model_file, load_model
+from tokserve.engine.loading import LoadedModel, embedded_model_file, load_model
+from tokserve.engine.logprobs import TokenLogprobs
 from tokserve.engine.request import GenerationRequest, SamplingParams
 from tokserve.engine.scheduler import Counters
 from tokserve.engine.token_stream import EndReason, TokenEvent, TokenStream
+from tokserve.engine.vocabulary import Vocabulary
 
 __all__ = [
     "Counters",
@@ -16,9 +18,12 @@ __all__ = [
     "EndReason",
     "Engine",
     "GenerationRequest",
+    "LoadedModel",
     "SamplingParams",
     "TokenEvent",
+    "TokenLogprobs",
     "TokenStream",
+    "Vocabulary",
     "embedded_model_file",
     "load_model",
 ]

@@ -17,16 +17,19 @@ _MAX_CHAR_TOKENS = 4
 class Decoder:
     """Token ids after a prompt in, the text they add out ("" while a character is incomplete)."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
         window = list(prompt_ids[-_PRIME_TOKENS:])
         complete, tail = _split_incomplete_tail(tokenizer, window)
-        self._stream = DecodeStream(ids=complete, skip_special_tokens=True)
+        self._stream = DecodeStream(ids=complete, skip_special_tokens=skip_special_tokens)
         # A prompt that ends mid-character: its bytes wait in the stream for the generated ones that complete it,
         # and what the prompt already showed of those tokens (a leading space, say) is not shown twice.
         for token_id in tail:
             self._stream.step(tokenizer, token_id)
-        self._shown = tokenizer.decode(window).rstrip("\ufffd")[len(tokenizer.decode(complete)) :] if tail else ""
+        self._shown = ""
+        if tail:
+            shown = tokenizer.decode(window, skip_special_tokens=skip_special_tokens).rstrip("\ufffd")
+            self._shown = shown[len(tokenizer.decode(complete, skip_special_tokens=skip_special_tokens)) :]
 
     def step(self, token_id: int) -> str:
         text = self._stream.step(self._tokenizer, token_id) or ""

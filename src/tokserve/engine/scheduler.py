@@ -51,12 +51,12 @@ class Scheduler:
         with self._changed:
             return Counters(self._running, len(self._waiting), **self._ended)
 
-    def admit(self, job: Job) -> None:
-        """Queue a job, or raise Overloaded when the line is full."""
+    def admit(self, *jobs: Job) -> None:
+        """Queue jobs (the choices of one response) together, or raise Overloaded when they do not all fit."""
         with self._changed:
-            if len(self._waiting) >= self._max_waiting:
+            if len(self._waiting) + len(jobs) > self._max_waiting:
                 raise Overloaded(f"{len(self._waiting)} requests are already waiting; retry shortly.")
-            self._waiting.append(job)
+            self._waiting.extend(jobs)
             self._changed.notify()
 
     def next(self) -> Job | None:

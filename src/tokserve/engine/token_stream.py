@@ -6,18 +6,26 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
+from tokserve.engine.logprobs import TokenLogprobs
 from tokserve.errors import TokservError
 
-EndReason = Literal["eos", "length"]
+# eos: one of the model's end-of-sequence ids; stop_token: one of the request's stop_token_ids.
+EndReason = Literal["eos", "stop_token", "length"]
 
 
 @dataclass(frozen=True, slots=True)
 class TokenEvent:
-    """A generated token (the last one carries `end`), or the error that ended generation."""
+    """A generated token (the last one carries `end`), or the error that ended generation.
+
+    `logprobs` comes with each token when the request asked for it; `prompt_logprobs` with the first token only
+    (one entry per prompt token after the first).
+    """
 
     token_id: int | None = None
     end: EndReason | None = None
     error: TokservError | None = None
+    logprobs: TokenLogprobs | None = None
+    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
     @property
     def is_last(self) -> bool:
@@ -35,7 +43,10 @@ class TokenStream:
 
     def push(self, event: TokenEvent) -> None:
         """Worker thread: never blocks, never awaits."""
-        self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        try:
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the loop is closed (the server stopped mid-generation): nobody reads this any more
+            self.cancelled.set()
 
     def stop(self) -> None:
         """The reader found a stop string: generation ends at the next step and counts as finished."""

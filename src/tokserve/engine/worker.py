@@ -12,10 +12,11 @@ from transformers import DynamicCache
 
 from tokserve.engine.faults import FaultHook, InjectedFault
 from tokserve.engine.loading import LoadedModel
+from tokserve.engine.logprobs import prompt_logprobs, token_logprobs
 from tokserve.engine.request import GenerationRequest
 from tokserve.engine.sampling import Sampler
 from tokserve.engine.scheduler import Job, Outcome, Scheduler
-from tokserve.engine.token_stream import TokenEvent, TokenStream
+from tokserve.engine.token_stream import EndReason, TokenEvent, TokenStream
 from tokserve.errors import GenerationFailed, NotReady
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,10 @@ class Worker:
 
     def _generate(self, request: GenerationRequest, stream: TokenStream) -> Outcome:
         """Prefill, then one forward pass per new token over the request's own KV cache."""
-        model, device = self._loaded.model, self._loaded.device
-        sampler = Sampler(request.sampling, device)
+        model, device, eos_ids = self._loaded.model, self._loaded.device, self._loaded.eos_ids
+        sampler = Sampler(request.sampling, device, request.prompt_ids, eos_ids | request.stop_token_ids)
+        ends: dict[int, EndReason] = {} if request.ignore_eos else dict.fromkeys(eos_ids, "eos")
+        ends |= dict.fromkeys(request.stop_token_ids, "stop_token")
         cache = DynamicCache(config=model.config)
         failing_step = self._fault.failing_step(request.prompt_ids) if self._fault else None
         inputs = torch.tensor([request.prompt_ids], device=device)
@@ -75,11 +78,30 @@ class Worker:
             self._scheduler.drop_cancelled()
             if step == failing_step:
                 raise InjectedFault(f"fault hook: request {request.request_id} fails at step {step}")
-            logits = model(input_ids=inputs, past_key_values=cache, use_cache=True).logits[0, -1]
-            token_id = sampler.sample(logits)
-            if token_id in self._loaded.eos_ids:
-                stream.push(TokenEvent(token_id=token_id, end="eos"))
+            every_position = step == 0 and request.prompt_logprobs is not None
+            # logits_to_keep=1 spares the prefill a (prompt length x vocabulary) tensor; 0 keeps every position.
+            logits = model(
+                input_ids=inputs, past_key_values=cache, use_cache=True, logits_to_keep=0 if every_position else 1
+            ).logits[0]
+            token_id = sampler.sample(logits[-1])
+            end = ends.get(token_id, "length" if step + 1 == request.max_tokens else None)
+            stream.push(_token_event(request, logits, token_id, end, every_position))
+            if end is not None:
                 return "finished"
-            stream.push(TokenEvent(token_id=token_id, end="length" if step + 1 == request.max_tokens else None))
             inputs = torch.tensor([[token_id]], device=device)
         return "finished"
+
+
+def _token_event(
+    request: GenerationRequest, logits: torch.Tensor, token_id: int, end: EndReason | None, with_prompt: bool
+) -> TokenEvent:
+    """The event of a new token, with the logprobs the request asked for."""
+    top, prompt_top = request.logprobs, request.prompt_logprobs
+    return TokenEvent(
+        token_id=token_id,
+        end=end,
+        logprobs=None if top is None else token_logprobs(logits[-1], token_id, top),
+        prompt_logprobs=prompt_logprobs(logits, request.prompt_ids, prompt_top)
+        if with_prompt and prompt_top is not None
+        else None,
+    )

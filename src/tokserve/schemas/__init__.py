@@ -2,25 +2,36 @@
 
 from tokserve.schemas.chat import (
     ChatCompletionChoice,
+    ChatCompletionChoiceLogprobs,
     ChatCompletionResponseMessage,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponseDelta,
+    ChatCompletionTokenLogprob,
     CreateChatCompletionRequest,
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
     MessageContent,
+    TopLogprob,
 )
-from tokserve.schemas.completions import CompletionChoice, CreateCompletionRequest, CreateCompletionResponse
+from tokserve.schemas.completions import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CreateCompletionRequest,
+    CreateCompletionResponse,
+)
 from tokserve.schemas.errors import Error, ErrorResponse
 from tokserve.schemas.generation import CompletionUsage, FinishReason, GenerationParams, WireModel
 from tokserve.schemas.models import ListModelsResponse, Model
 
 __all__ = [
     "ChatCompletionChoice",
+    "ChatCompletionChoiceLogprobs",
     "ChatCompletionResponseMessage",
     "ChatCompletionStreamChoice",
     "ChatCompletionStreamResponseDelta",
+    "ChatCompletionTokenLogprob",
     "CompletionChoice",
+    "CompletionLogprobs",
     "CompletionUsage",
     "CreateChatCompletionRequest",
     "CreateChatCompletionResponse",
@@ -34,5 +45,6 @@ __all__ = [
     "ListModelsResponse",
     "MessageContent",
     "Model",
+    "TopLogprob",
     "WireModel",
 ]

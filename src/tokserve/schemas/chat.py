@@ -1,10 +1,23 @@
 """Wire models of /v1/chat/completions, named as in openai-openapi.json. Nothing but shapes and limits here."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Discriminator, Field, SerializerFunctionWrapHandler, Tag, model_serializer, model_validator
 
-from tokserve.schemas.generation import CompletionUsage, FinishReason, GenerationParams, WireModel
+from tokserve.schemas.generation import (
+    CompletionUsage,
+    FinishReason,
+    GenerationParams,
+    WireModel,
+    invalid,
+    refuse_unless,
+)
+
+_NO_TOOLS = "tool calling is not supported by this server"
+
+
+def _one_of(*accepted: object) -> Any:
+    return lambda value: value is None or value in accepted
 
 
 class ChatCompletionRequestMessageContentPartText(WireModel):
@@ -12,7 +25,33 @@ class ChatCompletionRequestMessageContentPartText(WireModel):
     text: str
 
 
-MessageContent = str | list[ChatCompletionRequestMessageContentPartText]
+def _text_part(value: Any) -> str | None:
+    return "text" if isinstance(value, dict) and value.get("type") == "text" else None
+
+
+_ContentPart = Annotated[
+    Annotated[ChatCompletionRequestMessageContentPartText, Tag("text")],
+    Discriminator(
+        _text_part,
+        custom_error_type="unsupported_parameter",
+        custom_error_message="only text content parts are supported: this server serves text models",
+    ),
+]
+
+
+def _string_or_list(value: Any) -> str | None:
+    return "string" if isinstance(value, str) else "list" if isinstance(value, list) else None
+
+
+# Told apart by the JSON type, so an error is reported against the one the client meant.
+MessageContent = Annotated[
+    Annotated[str, Tag("string")] | Annotated[list[_ContentPart], Tag("list")],
+    Discriminator(
+        _string_or_list,
+        custom_error_type="string_or_list_type",
+        custom_error_message="content must be a string or a list of text parts",
+    ),
+]
 
 
 class ChatCompletionRequestSystemMessage(WireModel):
@@ -31,17 +70,88 @@ class ChatCompletionRequestAssistantMessage(WireModel):
     role: Literal["assistant"]
     content: MessageContent | None = None
     name: str | None = None
+    tool_calls: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
+    function_call: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
+    audio: Annotated[Any, refuse_unless("audio is not supported by this server")] = None
+
+
+def _role(value: Any) -> Any:
+    return value.get("role") if isinstance(value, dict) else None
 
 
 ChatCompletionRequestMessage = Annotated[
-    ChatCompletionRequestSystemMessage | ChatCompletionRequestUserMessage | ChatCompletionRequestAssistantMessage,
-    Field(discriminator="role"),
+    Annotated[ChatCompletionRequestSystemMessage, Tag("system")]
+    | Annotated[ChatCompletionRequestSystemMessage, Tag("developer")]
+    | Annotated[ChatCompletionRequestUserMessage, Tag("user")]
+    | Annotated[ChatCompletionRequestAssistantMessage, Tag("assistant")],
+    Discriminator(
+        _role,
+        custom_error_type="message_role",
+        custom_error_message="role must be system, developer, user or assistant "
+        "(tool and function messages need tool calling, which this server does not support)",
+    ),
 ]
 
 
 class CreateChatCompletionRequest(GenerationParams):
     messages: list[ChatCompletionRequestMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    # Chat-template controls, as vLLM names them. add_generation_prompt defaults to not continue_final_message.
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    # OpenAI parameters this server does not implement: refused unless their value changes nothing.
+    tools: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
+    tool_choice: Annotated[Any, refuse_unless(_NO_TOOLS, _one_of("none", "auto"))] = None
+    functions: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
+    function_call: Annotated[Any, refuse_unless(_NO_TOOLS, _one_of("none", "auto"))] = None
+    response_format: Annotated[
+        Any,
+        refuse_unless(
+            'structured output is not supported by this server; only {"type": "text"}',
+            _one_of({"type": "text"}),
+        ),
+    ] = None
+    audio: Annotated[Any, refuse_unless("audio output is not supported by this server")] = None
+    modalities: Annotated[Any, refuse_unless("only text output is supported", _one_of([], ["text"]))] = None
+    web_search_options: Annotated[Any, refuse_unless("web search is not supported by this server", _one_of())] = None
+    reasoning_effort: Annotated[
+        Any, refuse_unless("reasoning_effort is not supported; try chat_template_kwargs", _one_of("medium"))
+    ] = None
+    verbosity: Annotated[Any, refuse_unless("verbosity is not supported by this server", _one_of("medium"))] = None
+    moderation: Annotated[Any, refuse_unless("moderation is not supported by this server", _one_of())] = None
+
+    @model_validator(mode="after")
+    def _check_chat(self) -> Self:
+        if self.top_logprobs and not self.logprobs:
+            raise invalid("top_logprobs", "top_logprobs needs logprobs set to true")
+        if self.continue_final_message and self.add_generation_prompt:
+            raise invalid(
+                "continue_final_message",
+                "continue_final_message continues the last message; add_generation_prompt starts a new one: "
+                "set one of them",
+            )
+        return self
+
+
+class TopLogprob(WireModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatCompletionTokenLogprob(WireModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[TopLogprob]
+
+
+class ChatCompletionChoiceLogprobs(WireModel):
+    content: list[ChatCompletionTokenLogprob] | None
+    refusal: None = None
 
 
 class ChatCompletionStreamResponseDelta(WireModel):
@@ -58,9 +168,9 @@ class ChatCompletionStreamResponseDelta(WireModel):
 class ChatCompletionStreamChoice(WireModel):
     index: int = 0
     delta: ChatCompletionStreamResponseDelta
-    logprobs: None = None
+    logprobs: ChatCompletionChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
-    stop_reason: str | None = None  # the stop string that ended the text, as vLLM reports it
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended the text, as vLLM reports it
 
 
 class CreateChatCompletionStreamResponse(WireModel):
@@ -82,9 +192,9 @@ class ChatCompletionResponseMessage(WireModel):
 class ChatCompletionChoice(WireModel):
     index: int = 0
     message: ChatCompletionResponseMessage
-    logprobs: None = None
+    logprobs: ChatCompletionChoiceLogprobs | None = None
     finish_reason: FinishReason
-    stop_reason: str | None = None
+    stop_reason: str | int | None = None
 
 
 class CreateChatCompletionResponse(WireModel):

@@ -1,21 +1,51 @@
-"""What chat and completions requests share: the wire base class, the generation parameters, usage.
+"""What chat and completions requests share: the wire base class and its field policy, the generation parameters,
+usage, logprobs. One definition each, so the two endpoints cannot drift apart.
 
-One definition each, so the two endpoints cannot drift apart.
+The policy, for every request field:
+- honoured: declared below with its limits;
+- refused: an OpenAI parameter tokserve does not implement is declared with `refuse_unless`, which accepts the
+  values that change nothing (null, false, empty, the default) and answers any other with a 400 naming it;
+- ignored: anything not declared, i.e. fields that only label or route a request (`user`, `metadata`, `store`,
+  `safety_identifier`, `service_tier`, `prompt_cache_key`, ...) and unknown fields, which SDKs and proxies add.
 """
 
-from typing import Literal, Self
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 FinishReason = Literal["stop", "length"]
 
 _INT64 = 2**63
 
+TokenId = Annotated[int, Field(ge=0)]
+
 
 class WireModel(BaseModel):
-    """Base of every wire model: unknown fields are refused (400 naming them), and types are not coerced."""
+    """Base of every wire model: fields it does not declare are ignored, and types are not coerced."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _changes_nothing(value: object) -> bool:
+    return value is None or value is False or (isinstance(value, str | list | dict) and not value)
+
+
+def refuse_unless(reason: str, accepts: Callable[[Any], bool] = _changes_nothing) -> AfterValidator:
+    """Refuse a value that would change the output with `reason`, unless `accepts` it (null, false, empty)."""
+
+    def check(value: Any) -> Any:
+        if accepts(value):
+            return value
+        raise PydanticCustomError("unsupported_parameter", reason)
+
+    return AfterValidator(check)
+
+
+def invalid(param: str, message: str, kind: str = "invalid_request") -> PydanticCustomError:
+    """A request error found across fields, naming the field at fault (`ctx.param`) for the error envelope."""
+    return PydanticCustomError(kind, message, {"param": param})
 
 
 class ChatCompletionStreamOptions(WireModel):
@@ -23,25 +53,43 @@ class ChatCompletionStreamOptions(WireModel):
 
 
 class GenerationParams(WireModel):
-    """The request fields both endpoints take."""
+    """The request fields both endpoints take: OpenAI's, then vLLM's extensions."""
 
     model: str | None = Field(None, description="The served model name; omitted means the one served")
-    stream: bool = False
+    stream: bool | None = False
     stream_options: ChatCompletionStreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=128)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, ge=0.0, le=1.0)
     seed: int | None = Field(None, ge=-_INT64, lt=_INT64)
     stop: str | list[str] | None = Field(None, min_length=1)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    # JSON object keys are strings: token ids written in decimal.
+    logit_bias: dict[Annotated[str, Field(pattern=r"^\d+$")], Annotated[float, Field(ge=-100, le=100)]] | None = None
+    # vLLM's extensions
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    min_tokens: int | None = Field(None, ge=0)
+    ignore_eos: bool | None = False
+    stop_token_ids: list[TokenId] | None = None
+    include_stop_str_in_output: bool | None = False
+    skip_special_tokens: bool | None = True
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise invalid("stream_options", "stream_options is only allowed when stream is true")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
         if any(not stop for stop in stops):
-            raise ValueError("stop strings must not be empty")
+            raise invalid("stop", "stop strings must not be empty")
         return self
+
+    @property
+    def choices(self) -> int:
+        return self.n or 1
 
     @property
     def include_usage(self) -> bool:

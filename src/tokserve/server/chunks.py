@@ -1,87 +1,146 @@
 """Wire objects of one response: every chunk of a request carries the same `id` and `created`.
 
-`ChatChunks` and `CompletionChunks` differ only in shape; `streaming.py` drives either through `Chunks`.
+`ChatChunks` and `CompletionChunks` differ only in shape; `streaming.py` drives either through `Chunks`. Logprobs
+arrive as token ids with `TokenLogprobs`; the engine's `Vocabulary` gives their text and bytes.
 """
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from tokserve.engine import TokenLogprobs, Vocabulary
 from tokserve.schemas import (
     ChatCompletionChoice,
+    ChatCompletionChoiceLogprobs,
     ChatCompletionResponseMessage,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponseDelta,
+    ChatCompletionTokenLogprob,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionUsage,
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
     CreateCompletionResponse,
     FinishReason,
+    TopLogprob,
     WireModel,
 )
+
+# OpenAI's stand-in for a log-probability too small to write (JSON has no -Infinity).
+_UNLIKELY = -9999.0
+
+# A token id and its logprobs; None for the first prompt token, which has nothing before it.
+Logprob = tuple[int, TokenLogprobs | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Text of one choice, safe to show, with the logprobs of the tokens consumed since the choice's last piece."""
+
+    index: int
+    text: str
+    logprobs: tuple[Logprob, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """How the text ended, and what it cost."""
+    """How a choice's text ended, and how many tokens it generated."""
 
+    index: int
     reason: FinishReason
-    stop_reason: str | None
-    usage: CompletionUsage
+    stop_reason: str | int | None
+    completion_tokens: int
 
 
 class Chunks(Protocol):
-    def start(self) -> str | None: ...
-    def content(self, text: str) -> str: ...
+    def start(self, index: int) -> str | None: ...
+    def content(self, piece: Piece) -> str: ...
     def finish(self, finish: Finish) -> str: ...
     def usage(self, usage: CompletionUsage) -> str: ...
-    def response(self, text: str, finish: Finish) -> WireModel: ...
+    def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> WireModel: ...
 
 
 class ChatChunks:
     """`chat.completion.chunk` objects and the `chat.completion` response."""
 
-    def __init__(self, request_id: str, model: str) -> None:
+    def __init__(self, request_id: str, model: str, vocabulary: Vocabulary, logprobs: bool) -> None:
         self._id, self._model, self._created = request_id, model, int(time.time())
+        self._vocabulary, self._logprobs = vocabulary, logprobs
 
     def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: CompletionUsage | None = None) -> str:
         return CreateChatCompletionStreamResponse(
             id=self._id, created=self._created, model=self._model, choices=choices, usage=usage
         ).model_dump_json()
 
-    def start(self) -> str:
+    def start(self, index: int) -> str:
         delta = ChatCompletionStreamResponseDelta(role="assistant", content="")
-        return self._chunk([ChatCompletionStreamChoice(delta=delta)])
+        return self._chunk([ChatCompletionStreamChoice(index=index, delta=delta)])
 
-    def content(self, text: str) -> str:
-        return self._chunk([ChatCompletionStreamChoice(delta=ChatCompletionStreamResponseDelta(content=text))])
+    def content(self, piece: Piece) -> str:
+        choice = ChatCompletionStreamChoice(
+            index=piece.index,
+            delta=ChatCompletionStreamResponseDelta(content=piece.text),
+            logprobs=self._chat_logprobs(piece.logprobs),
+        )
+        return self._chunk([choice])
 
     def finish(self, finish: Finish) -> str:
         choice = ChatCompletionStreamChoice(
-            delta=ChatCompletionStreamResponseDelta(), finish_reason=finish.reason, stop_reason=finish.stop_reason
+            index=finish.index,
+            delta=ChatCompletionStreamResponseDelta(),
+            finish_reason=finish.reason,
+            stop_reason=finish.stop_reason,
         )
         return self._chunk([choice])
 
     def usage(self, usage: CompletionUsage) -> str:
         return self._chunk([], usage)
 
-    def response(self, text: str, finish: Finish) -> CreateChatCompletionResponse:
-        choice = ChatCompletionChoice(
-            message=ChatCompletionResponseMessage(content=text),
-            finish_reason=finish.reason,
-            stop_reason=finish.stop_reason,
-        )
+    def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> CreateChatCompletionResponse:
         return CreateChatCompletionResponse(
-            id=self._id, created=self._created, model=self._model, choices=[choice], usage=finish.usage
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            choices=[
+                ChatCompletionChoice(
+                    index=piece.index,
+                    message=ChatCompletionResponseMessage(content=piece.text),
+                    logprobs=self._chat_logprobs(piece.logprobs),
+                    finish_reason=finish.reason,
+                    stop_reason=finish.stop_reason,
+                )
+                for piece, finish in choices
+            ],
+            usage=usage,
         )
+
+    def _chat_logprobs(self, logprobs: Sequence[Logprob]) -> ChatCompletionChoiceLogprobs | None:
+        if not self._logprobs:
+            return None
+        content = []
+        for token_id, entry in logprobs:
+            chosen = self._top(token_id, entry.logprob if entry else _UNLIKELY)
+            alternatives = [self._top(top_id, logprob) for top_id, logprob in entry.top] if entry else []
+            content.append(ChatCompletionTokenLogprob(**dict(chosen), top_logprobs=alternatives))
+        return ChatCompletionChoiceLogprobs(content=content)
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        text, raw = self._vocabulary.token(token_id)
+        return TopLogprob(token=text, logprob=max(logprob, _UNLIKELY), bytes=None if raw is None else list(raw))
 
 
 class CompletionChunks:
-    """`text_completion` objects, streamed or whole: the same shape either way."""
+    """`text_completion` objects, streamed or whole: the same shape either way.
 
-    def __init__(self, request_id: str, model: str) -> None:
+    Logprobs take the legacy shape; `text_offset` counts characters of the token texts from the choice's start.
+    """
+
+    def __init__(self, request_id: str, model: str, vocabulary: Vocabulary, logprobs: bool) -> None:
         self._id, self._model, self._created = request_id, model, int(time.time())
+        self._vocabulary, self._logprobs = vocabulary, logprobs
+        self._offsets: dict[int, int] = {}  # per choice, where the next token's text starts
 
     def _object(
         self, choices: list[CompletionChoice], usage: CompletionUsage | None = None
@@ -90,19 +149,54 @@ class CompletionChunks:
             id=self._id, created=self._created, model=self._model, choices=choices, usage=usage
         )
 
-    def start(self) -> None:
+    def start(self, index: int) -> None:
         return None
 
-    def content(self, text: str) -> str:
-        return self._object([CompletionChoice(text=text)]).model_dump_json()
+    def content(self, piece: Piece) -> str:
+        choice = CompletionChoice(index=piece.index, text=piece.text, logprobs=self._legacy_logprobs(piece))
+        return self._object([choice]).model_dump_json()
 
     def finish(self, finish: Finish) -> str:
-        choice = CompletionChoice(text="", finish_reason=finish.reason, stop_reason=finish.stop_reason)
+        choice = CompletionChoice(
+            index=finish.index, text="", finish_reason=finish.reason, stop_reason=finish.stop_reason
+        )
         return self._object([choice]).model_dump_json()
 
     def usage(self, usage: CompletionUsage) -> str:
         return self._object([], usage).model_dump_json()
 
-    def response(self, text: str, finish: Finish) -> CreateCompletionResponse:
-        choice = CompletionChoice(text=text, finish_reason=finish.reason, stop_reason=finish.stop_reason)
-        return self._object([choice], finish.usage)
+    def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> CreateCompletionResponse:
+        return self._object(
+            [
+                CompletionChoice(
+                    index=piece.index,
+                    text=piece.text,
+                    logprobs=self._legacy_logprobs(piece),
+                    finish_reason=finish.reason,
+                    stop_reason=finish.stop_reason,
+                )
+                for piece, finish in choices
+            ],
+            usage,
+        )
+
+    def _legacy_logprobs(self, piece: Piece) -> CompletionLogprobs | None:
+        if not self._logprobs:
+            return None
+        result = CompletionLogprobs(text_offset=[], token_logprobs=[], tokens=[], top_logprobs=[])
+        offset = self._offsets.get(piece.index, 0)
+        for token_id, entry in piece.logprobs:
+            text = self._vocabulary.token(token_id)[0]
+            result.text_offset.append(offset)
+            result.tokens.append(text)
+            offset += len(text)
+            if entry is None:
+                result.token_logprobs.append(None)
+                result.top_logprobs.append(None)
+                continue
+            result.token_logprobs.append(max(entry.logprob, _UNLIKELY))
+            # The alternatives and, as OpenAI does, the chosen token: up to logprobs + 1 entries.
+            alternatives = {self._vocabulary.token(top_id)[0]: max(lp, _UNLIKELY) for top_id, lp in entry.top}
+            result.top_logprobs.append({**alternatives, text: max(entry.logprob, _UNLIKELY)})
+        self._offsets[piece.index] = offset
+        return result

@@ -1,10 +1,14 @@
-"""Wire requests to engine requests, one function per endpoint: model check, prompt ids, token budget, sampling."""
+"""Wire requests to engine requests, one function per endpoint: model check, prompt ids, token budget, sampling,
+and one GenerationRequest per choice (`n` per prompt)."""
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from tokserve.config import Settings
 from tokserve.engine import Engine, GenerationRequest, SamplingParams
-from tokserve.errors import ContextLengthExceeded
+from tokserve.errors import ContextLengthExceeded, InvalidRequest
 from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams, MessageContent
 from tokserve.server.dependencies import check_model
 
@@ -12,24 +16,81 @@ from tokserve.server.dependencies import check_model
 _COMPLETIONS_MAX_TOKENS = 16
 
 
-def chat_generation_request(body: CreateChatCompletionRequest, engine: Engine, settings: Settings) -> GenerationRequest:
-    check_model(body.model, settings)
-    messages = [
-        {"role": "system" if message.role == "developer" else message.role, "content": _text(message.content)}
-        for message in body.messages
-    ]
-    prompt_ids = engine.encode_chat(messages)
+@dataclass(frozen=True, slots=True)
+class PlannedChoice:
+    """One choice of a response: its index, its generation, and the prompt text it shows first (`echo`)."""
+
+    index: int
+    request: GenerationRequest
+    echo: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsePlan:
+    """A request in engine terms: its choices, and what applies to all of them."""
+
+    response_id: str
+    choices: tuple[PlannedChoice, ...]
+    prompt_tokens: int  # each prompt once, however many choices it has (usage)
+    stop: tuple[str, ...]
+    include_stop_str_in_output: bool
+    logprobs: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Prompt:
+    ids: list[int]
+    echo: str | None
+    param: str
+
+
+def chat_plan(body: CreateChatCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
+    _check_request(body, settings)
+    continue_final = bool(body.continue_final_message)
+    prompt_ids = engine.encode_chat(
+        [_message(message.role, message.content, message.name) for message in body.messages],
+        template=settings.chat_template_text,
+        add_generation_prompt=not continue_final if body.add_generation_prompt is None else body.add_generation_prompt,
+        continue_final_message=continue_final,
+        variables=body.chat_template_kwargs,
+    )
+    top = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    return _generation_request("chatcmpl", prompt_ids, max_tokens, body, engine.max_model_len, "messages")
+    return _plan("chatcmpl", [_Prompt(prompt_ids, None, "messages")], body, engine, max_tokens, top, False)
 
 
-def completion_generation_request(
-    body: CreateCompletionRequest, engine: Engine, settings: Settings
-) -> GenerationRequest:
-    check_model(body.model, settings)
-    prompt_ids = engine.encode_text(body.prompt)
+def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
+    _check_request(body, settings)
+    prompts = body.prompts
+    plans = []
+    for number, prompt in enumerate(prompts):
+        param = "prompt" if len(prompts) == 1 else f"prompt.{number}"
+        if isinstance(prompt, str):
+            # A fill-in-the-middle prompt brings its own special tokens.
+            ids = engine.encode_text(prompt, add_special_tokens=not body.suffix)
+        else:
+            ids = _check_token_ids(prompt, engine, param)
+        if not ids:
+            raise InvalidRequest("The prompt is empty.", param=param)
+        echo = None
+        if body.echo:
+            echo = prompt if isinstance(prompt, str) else engine.decode(ids, body.skip_special_tokens is not False)
+        if body.suffix:
+            ids = engine.encode_fill_in_the_middle(ids, body.suffix)
+        plans.append(_Prompt(ids, echo, param))
     max_tokens = body.max_tokens or _COMPLETIONS_MAX_TOKENS
-    return _generation_request("cmpl", prompt_ids, max_tokens, body, engine.max_model_len, "prompt")
+    return _plan("cmpl", plans, body, engine, max_tokens, body.logprobs, bool(body.echo))
+
+
+def _check_request(body: GenerationParams, settings: Settings) -> None:
+    check_model(body.model, settings)
+    if body.choices > settings.max_n:
+        raise InvalidRequest(f"n may be at most {settings.max_n} on this server (--max-n).", param="n")
+
+
+def _message(role: str, content: MessageContent | None, name: str | None) -> dict[str, Any]:
+    message = {"role": "system" if role == "developer" else role, "content": _text(content)}
+    return message if name is None else {**message, "name": name}
 
 
 def _text(content: MessageContent | None) -> str:
@@ -40,27 +101,91 @@ def _text(content: MessageContent | None) -> str:
     return "\n".join(part.text for part in content)
 
 
-def _generation_request(
+def _plan(
     prefix: str,
-    prompt_ids: list[int],
-    max_tokens: int | None,
+    prompts: Sequence[_Prompt],
     body: GenerationParams,
-    max_model_len: int,
-    prompt_param: str,
-) -> GenerationRequest:
-    room = max_model_len - len(prompt_ids)
+    engine: Engine,
+    max_tokens: int | None,
+    logprobs: int | None,
+    echo_logprobs: bool,
+) -> ResponsePlan:
+    """n choices per prompt, indexed prompt by prompt; with a seed, choice j of each prompt samples with seed + j."""
+    response_id = f"{prefix}-{uuid.uuid4().hex}"
+    sampling = _sampling(body, engine)
+    stop_token_ids = frozenset(_check_token_ids(body.stop_token_ids or [], engine, "stop_token_ids"))
+    choices: list[PlannedChoice] = []
+    for prompt in prompts:
+        budget = _budget(prompt, max_tokens, engine.max_model_len)
+        if sampling.min_tokens > budget:
+            raise InvalidRequest(f"min_tokens may be at most max_tokens ({budget}).", param="min_tokens")
+        for choice in range(body.choices):
+            index = len(choices)
+            request = GenerationRequest(
+                f"{response_id}-{index}",
+                tuple(prompt.ids),
+                budget,
+                sampling if body.seed is None else replace(sampling, seed=body.seed + choice),
+                stop_token_ids=stop_token_ids,
+                ignore_eos=bool(body.ignore_eos),
+                logprobs=logprobs,
+                prompt_logprobs=logprobs if echo_logprobs else None,
+                skip_special_tokens=body.skip_special_tokens is not False,
+            )
+            choices.append(PlannedChoice(index, request, prompt.echo))
+    return ResponsePlan(
+        response_id,
+        tuple(choices),
+        prompt_tokens=sum(len(prompt.ids) for prompt in prompts),
+        stop=tuple(body.stop_strings),
+        include_stop_str_in_output=bool(body.include_stop_str_in_output),
+        logprobs=logprobs is not None,
+    )
+
+
+def _budget(prompt: _Prompt, max_tokens: int | None, max_model_len: int) -> int:
+    """The tokens this prompt may generate: max_tokens, or the rest of the context; never past the context."""
+    room = max_model_len - len(prompt.ids)
     if max_tokens is None and room >= 1:
-        max_tokens = room
+        return room
     if max_tokens is None or max_tokens > room:
-        asked = f"{len(prompt_ids)} in the {prompt_param}" + (f" plus {max_tokens} to generate" if max_tokens else "")
+        asked = f"{len(prompt.ids)} in the {prompt.param}" + (f" plus {max_tokens} to generate" if max_tokens else "")
         raise ContextLengthExceeded(
             f"This model's maximum context length is {max_model_len} tokens; the request needs more ({asked}). "
-            f"Shorten the {prompt_param} or lower max_tokens.",
-            param=prompt_param if max_tokens is None or len(prompt_ids) >= max_model_len else "max_tokens",
+            f"Shorten the {prompt.param} or lower max_tokens.",
+            param=prompt.param if max_tokens is None or len(prompt.ids) >= max_model_len else "max_tokens",
         )
-    sampling = SamplingParams(
+    return max_tokens
+
+
+def _sampling(body: GenerationParams, engine: Engine) -> SamplingParams:
+    bias = body.logit_bias or {}
+    for key in bias:
+        _check_token_id(int(key), engine, f"logit_bias.{key}")
+    return SamplingParams(
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=max(body.top_k or 0, 0),  # vLLM's -1 and 0 both mean "all tokens"
+        min_p=body.min_p or 0.0,
         seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        repetition_penalty=body.repetition_penalty or 1.0,
+        logit_bias=tuple((int(key), value) for key, value in bias.items()),
+        min_tokens=body.min_tokens or 0,
     )
-    return GenerationRequest(f"{prefix}-{uuid.uuid4().hex}", tuple(prompt_ids), max_tokens, sampling)
+
+
+def _check_token_ids(token_ids: Sequence[int], engine: Engine, param: str) -> list[int]:
+    """The ids, if each is in the model's vocabulary."""
+    for position, token_id in enumerate(token_ids):
+        _check_token_id(token_id, engine, f"{param}.{position}")
+    return list(token_ids)
+
+
+def _check_token_id(token_id: int, engine: Engine, param: str) -> None:
+    # Never negative: the schemas say so.
+    if token_id >= engine.vocabulary.size:
+        raise InvalidRequest(
+            f"Token id {token_id} is not in the vocabulary (0 to {engine.vocabulary.size - 1}).", param=param
+        )

@@ -2,6 +2,8 @@
 `data: {"error": ...}` event after it did."""
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -76,9 +78,34 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     first = exc.errors()[0]
     if first["type"] == "json_invalid":
         return _json(400, _invalid(f"Malformed JSON in the request body: {first['msg']}"))
-    path = [str(part) for part in first["loc"] if part != "body"]
-    message = f"{'.'.join(path) or 'body'}: {first['msg']}"
-    return _json(400, _invalid(message, ".".join(path) or None))
+    path = first.get("ctx", {}).get("param") or _field_path(first["loc"], exc.body)
+    message = f"{path or 'body'}: {first['msg']}"
+    code = "unsupported_parameter" if first["type"] == "unsupported_parameter" else None
+    return _json(400, _invalid(message, path or None, code))
+
+
+def _field_path(loc: Sequence[int | str], body: Any) -> str:
+    """The dotted path of the field at fault, as the client wrote it: `messages.0.content`.
+
+    pydantic's `loc` also names the union member it tried (`messages.0.user.content`); those names are not in the
+    body, so following the body drops them. A missing field, the last part, is kept.
+    """
+    path: list[str] = []
+    node = body
+    parts = [part for part in loc if part != "body"]
+    for position, part in enumerate(parts):
+        if _holds(node, part):
+            node = node[part]
+        elif position < len(parts) - 1 or not isinstance(node, dict):
+            continue  # a union member's name
+        path.append(str(part))
+    return ".".join(path)
+
+
+def _holds(node: Any, part: int | str) -> bool:
+    if isinstance(node, dict):
+        return part in node
+    return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -97,8 +124,8 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return _json(500, ErrorResponse(error=Error(message="Internal server error.", type="server_error")))
 
 
-def _invalid(message: str, param: str | None = None) -> ErrorResponse:
-    return ErrorResponse(error=Error(message=message, type="invalid_request_error", param=param))
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+    return ErrorResponse(error=Error(message=message, type="invalid_request_error", param=param, code=code))
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -16,10 +16,11 @@ from sse_starlette import EventSourceResponse
 
 from tokserve.buffer import StreamBuffer
 from tokserve.config import Settings
-from tokserve.engine import Decoder, Engine, GenerationRequest, TokenEvent, TokenStream
+from tokserve.engine import Decoder, Engine, TokenEvent, TokenStream
 from tokserve.errors import TokservError
 from tokserve.schemas import CompletionUsage, GenerationParams, WireModel
-from tokserve.server.chunks import Chunks, Finish
+from tokserve.server.chunks import Chunks, Finish, Logprob, Piece
+from tokserve.server.conversion import PlannedChoice, ResponsePlan
 from tokserve.server.errors import ClientDisconnected, error_event
 
 logger = logging.getLogger(__name__)
@@ -29,9 +30,10 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Generation:
-    """One request on its way from token ids to text."""
+    """One choice on its way from token ids to text."""
 
-    request: GenerationRequest
+    choice: PlannedChoice
+    plan: ResponsePlan
     model: str
     tokens: TokenStream
     decoder: Decoder
@@ -44,64 +46,85 @@ async def respond(
     engine: Engine,
     settings: Settings,
     body: GenerationParams,
-    request: GenerationRequest,
+    plan: ResponsePlan,
     chunks: Chunks,
 ) -> EventSourceResponse | WireModel:
-    """Submit the request and answer it, streamed or whole.
+    """Submit the plan's choices and answer them, streamed or whole.
 
-    Failures up to the first token (prefill included) are HTTP errors; the SSE response starts only after it.
+    Failures up to the first token of the first choice (its prefill included) are HTTP errors; the SSE response
+    starts only after it. Choices are generated one after another for now, and stream as their tokens come.
     """
-    decoder = engine.decoder(request)
-    buffer = StreamBuffer(replacements=settings.replace, stop=body.stop_strings or None)
-    # Submitted last: from here on every way out must cancel the request.
-    tokens = engine.submit(request)  # raises Overloaded or NotReady before anything is generated
-    generation = _Generation(request, settings.model_name, tokens, decoder, buffer, submitted=time.monotonic())
+    decoders = [engine.decoder(choice.request) for choice in plan.choices]
+    buffers = [StreamBuffer(replacements=settings.replace, stop=list(plan.stop) or None) for _ in plan.choices]
+    # Submitted last: from here on every way out must cancel the requests.
+    streams = engine.submit_all([choice.request for choice in plan.choices])  # raises Overloaded or NotReady
+    submitted = time.monotonic()
+    generations = [
+        _Generation(choice, plan, settings.model_name, tokens, decoder, buffer, submitted)
+        for choice, tokens, decoder, buffer in zip(plan.choices, streams, decoders, buffers, strict=True)
+    ]
     try:
-        events = tokens.events()
-        first = await _unless_disconnected(http_request, _first(events))
+        events = [tokens.events() for tokens in streams]
+        first = await _unless_disconnected(http_request, anext(events[0]))
         if first.error is not None:
             raise first.error
-        pieces = _safe_text(generation, first, events, first_token_at=time.monotonic())
+        pieces = _merged(
+            [
+                _safe_text(generation, each, first if index == 0 else None)
+                for index, (generation, each) in enumerate(zip(generations, events, strict=True))
+            ]
+        )
         if body.stream:
-            return EventSourceResponse(_sse(chunks, pieces, tokens, body.include_usage), sep="\n")
-        return await _unless_disconnected(http_request, _collect(chunks, pieces))
+            return EventSourceResponse(_sse(chunks, pieces, streams, plan, body.include_usage), sep="\n")
+        return await _unless_disconnected(http_request, _collect(chunks, pieces, plan))
     except BaseException:
-        tokens.cancel()
+        _cancel(streams)
         raise
 
 
-async def _first(events: AsyncIterator[TokenEvent]) -> TokenEvent:
-    return await anext(events)
-
-
 async def _safe_text(
-    generation: _Generation, first: TokenEvent, events: AsyncIterator[TokenEvent], first_token_at: float
-) -> AsyncIterator[str | Finish]:
-    """Text safe to show, then one Finish; a generation error is raised."""
-    tokens, decoder, buffer = generation.tokens, generation.decoder, generation.buffer
+    generation: _Generation, events: AsyncIterator[TokenEvent], first: TokenEvent | None
+) -> AsyncIterator[Piece | Finish]:
+    """One choice: the echoed prompt (never through the buffer), text safe to show, then one Finish.
+
+    A generation error is raised. The token that ends generation (end-of-sequence or a stop token id) adds no
+    text unless `include_stop_str_in_output`; each token that adds text adds its logprobs when asked.
+    """
+    choice, plan, decoder, buffer = generation.choice, generation.plan, generation.decoder, generation.buffer
+    event = first if first is not None else await anext(events)
+    first_token_at = time.monotonic()
+    if event.error is not None:
+        raise event.error
+    if choice.echo is not None:
+        prompt = choice.request.prompt_ids
+        logprobs = tuple(zip(prompt, (None, *(event.prompt_logprobs or ())), strict=True)) if plan.logprobs else ()
+        if choice.echo or logprobs:
+            yield Piece(choice.index, choice.echo, logprobs)
     count = 0
-    event = first
+    pending: list[Logprob] = []
     while True:
         if event.error is not None:
             raise event.error
         assert event.token_id is not None
         count += 1
-        text = buffer.put(decoder.step(event.token_id))
+        text = ""
+        if event.end not in ("eos", "stop_token") or plan.include_stop_str_in_output:
+            if plan.logprobs:
+                pending.append((event.token_id, event.logprobs))
+            text = buffer.put(decoder.step(event.token_id))
         if buffer.stopped:
-            tokens.stop()  # the worker ends it at its next step; usage counts the token that completed the stop
+            generation.tokens.stop()  # the worker ends it at its next step; usage counts the token that completed it
+            if plan.include_stop_str_in_output:
+                text += buffer.stop_str or ""
         elif event.end is not None:
             text += buffer.flush()
-        if text:
-            yield text
+        if text or (pending and (buffer.stopped or event.end is not None)):
+            yield Piece(choice.index, text, tuple(pending))
+            pending.clear()
         if buffer.stopped or event.end is not None:
+            stop_reason = buffer.stop_str if buffer.stopped else event.token_id if event.end == "stop_token" else None
             finish = Finish(
-                "length" if event.end == "length" and not buffer.stopped else "stop",
-                buffer.stop_str,
-                CompletionUsage(
-                    prompt_tokens=len(generation.request.prompt_ids),
-                    completion_tokens=count,
-                    total_tokens=len(generation.request.prompt_ids) + count,
-                ),
+                choice.index, "length" if event.end == "length" and not buffer.stopped else "stop", stop_reason, count
             )
             _log_finished(generation, finish, first_token_at)
             yield finish
@@ -109,33 +132,85 @@ async def _safe_text(
         event = await anext(events)
 
 
-async def _sse(
-    chunks: Chunks, pieces: AsyncIterator[str | Finish], tokens: TokenStream, include_usage: bool
-) -> AsyncIterator[str]:
+async def _merged(sources: list[AsyncIterator[T]]) -> AsyncIterator[T]:
+    """The items of several iterators as each comes; the first error ends it."""
+    if len(sources) == 1:
+        async for item in sources[0]:
+            yield item
+        return
+    waiting = {asyncio.ensure_future(anext(source)): source for source in sources}
     try:
-        if (start := chunks.start()) is not None:
-            yield start
+        while waiting:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                source = waiting.pop(task)
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    continue
+                waiting[asyncio.ensure_future(anext(source))] = source
+                yield item
+    finally:
+        for task in waiting:
+            task.cancel()
+
+
+async def _sse(
+    chunks: Chunks,
+    pieces: AsyncIterator[Piece | Finish],
+    streams: list[TokenStream],
+    plan: ResponsePlan,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    started: set[int] = set()
+    completion_tokens = 0
+    try:
         async for piece in pieces:
+            if piece.index not in started:
+                started.add(piece.index)
+                if (start := chunks.start(piece.index)) is not None:
+                    yield start
             if isinstance(piece, Finish):
+                completion_tokens += piece.completion_tokens
                 yield chunks.finish(piece)
-                if include_usage:
-                    yield chunks.usage(piece.usage)
             else:
                 yield chunks.content(piece)
+        if include_usage:
+            yield chunks.usage(_usage(plan, completion_tokens))
     except TokservError as error:  # the response has started: the error must travel in-band
         yield error_event(error)
     finally:
-        tokens.cancel()  # stop string, disconnect or normal end alike: the worker drops it at its next step
+        _cancel(streams)  # stop string, disconnect or normal end alike: the worker drops them at its next step
     yield "[DONE]"
 
 
-async def _collect(chunks: Chunks, pieces: AsyncIterator[str | Finish]) -> WireModel:
-    texts: list[str] = []
+async def _collect(chunks: Chunks, pieces: AsyncIterator[Piece | Finish], plan: ResponsePlan) -> WireModel:
+    texts: dict[int, list[str]] = {choice.index: [] for choice in plan.choices}
+    logprobs: dict[int, list[Logprob]] = {choice.index: [] for choice in plan.choices}
+    finishes: dict[int, Finish] = {}
     async for piece in pieces:
         if isinstance(piece, Finish):
-            return chunks.response("".join(texts), piece)
-        texts.append(piece)
-    raise AssertionError("a generation always ends with a Finish")
+            finishes[piece.index] = piece
+        else:
+            texts[piece.index].append(piece.text)
+            logprobs[piece.index].extend(piece.logprobs)
+    whole = [
+        (Piece(index, "".join(texts[index]), tuple(logprobs[index])), finishes[index]) for index in sorted(finishes)
+    ]
+    return chunks.response(whole, _usage(plan, sum(finish.completion_tokens for finish in finishes.values())))
+
+
+def _usage(plan: ResponsePlan, completion_tokens: int) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=plan.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=plan.prompt_tokens + completion_tokens,
+    )
+
+
+def _cancel(streams: list[TokenStream]) -> None:
+    for tokens in streams:
+        tokens.cancel()
 
 
 async def _unless_disconnected(http_request: Request, awaitable: Awaitable[T]) -> T:
@@ -161,10 +236,10 @@ def _log_finished(generation: _Generation, finish: Finish, first_token_at: float
     now = time.monotonic()
     logger.info(
         "%s model=%s prompt_tokens=%d completion_tokens=%d ttft=%.3fs duration=%.3fs finish=%s",
-        generation.request.request_id,
+        generation.choice.request.request_id,
         generation.model,
-        finish.usage.prompt_tokens,
-        finish.usage.completion_tokens,
+        len(generation.choice.request.prompt_ids),
+        finish.completion_tokens,
         first_token_at - generation.submitted,
         now - generation.submitted,
         finish.reason,

@@ -5,7 +5,7 @@ from sse_starlette import EventSourceResponse
 
 from tokserve.schemas import CreateChatCompletionRequest, WireModel
 from tokserve.server.chunks import ChatChunks
-from tokserve.server.conversion import chat_generation_request
+from tokserve.server.conversion import chat_plan
 from tokserve.server.dependencies import EngineDep, SettingsDep
 from tokserve.server.streaming import respond
 
@@ -16,7 +16,6 @@ router = APIRouter()
 async def create_chat_completion(
     body: CreateChatCompletionRequest, http_request: Request, engine: EngineDep, settings: SettingsDep
 ) -> EventSourceResponse | WireModel:
-    request = chat_generation_request(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded
-    return await respond(
-        http_request, engine, settings, body, request, ChatChunks(request.request_id, settings.model_name)
-    )
+    plan = chat_plan(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded, InvalidRequest
+    chunks = ChatChunks(plan.response_id, settings.model_name, engine.vocabulary, plan.logprobs)
+    return await respond(http_request, engine, settings, body, plan, chunks)

@@ -5,7 +5,7 @@ from sse_starlette import EventSourceResponse
 
 from tokserve.schemas import CreateCompletionRequest, WireModel
 from tokserve.server.chunks import CompletionChunks
-from tokserve.server.conversion import completion_generation_request
+from tokserve.server.conversion import completion_plan
 from tokserve.server.dependencies import EngineDep, SettingsDep
 from tokserve.server.streaming import respond
 
@@ -16,7 +16,6 @@ router = APIRouter()
 async def create_completion(
     body: CreateCompletionRequest, http_request: Request, engine: EngineDep, settings: SettingsDep
 ) -> EventSourceResponse | WireModel:
-    request = completion_generation_request(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded
-    return await respond(
-        http_request, engine, settings, body, request, CompletionChunks(request.request_id, settings.model_name)
-    )
+    plan = completion_plan(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded, InvalidRequest
+    chunks = CompletionChunks(plan.response_id, settings.model_name, engine.vocabulary, plan.logprobs)
+    return await respond(http_request, engine, settings, body, plan, chunks)
