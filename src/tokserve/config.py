@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, ge=1, description="Context length in tokens (prompt + output); default: the model's own"
     )
-    max_waiting: int = Field(64, ge=0, description="Requests allowed to wait for the engine; beyond it, 429")
+    max_queue: int = Field(
+        64, ge=0, description="Requests allowed to wait for a place in the batch; beyond it, 429 with Retry-After"
+    )
     max_n: int = Field(4, ge=1, le=128, description="Most choices (`n`) one request may ask for")
     chat_template: FilePath | None = Field(
         None, description="Jinja chat template file that replaces the model's own; default: the tokenizer's"

@@ -22,7 +22,7 @@ def job(loop: asyncio.AbstractEventLoop, name: str) -> Job:
 
 
 def test_fifo_and_counters(loop: asyncio.AbstractEventLoop) -> None:
-    scheduler = Scheduler(max_waiting=4)
+    scheduler = Scheduler(max_queue=4)
     first, second = job(loop, "a"), job(loop, "b")
     scheduler.admit(first)
     scheduler.admit(second)
@@ -37,14 +37,14 @@ def test_fifo_and_counters(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def test_full_line_is_overloaded(loop: asyncio.AbstractEventLoop) -> None:
-    scheduler = Scheduler(max_waiting=1)
+    scheduler = Scheduler(max_queue=1)
     scheduler.admit(job(loop, "a"))
     with pytest.raises(Overloaded):
         scheduler.admit(job(loop, "b"))
 
 
 def test_cancelled_waiting_jobs_are_dropped(loop: asyncio.AbstractEventLoop) -> None:
-    scheduler = Scheduler(max_waiting=4)
+    scheduler = Scheduler(max_queue=4)
     gone, kept, also_gone = job(loop, "a"), job(loop, "b"), job(loop, "c")
     for each in (gone, kept, also_gone):
         scheduler.admit(each)
@@ -58,7 +58,7 @@ def test_cancelled_waiting_jobs_are_dropped(loop: asyncio.AbstractEventLoop) -> 
 
 
 def test_close_hands_back_waiting_jobs(loop: asyncio.AbstractEventLoop) -> None:
-    scheduler = Scheduler(max_waiting=4)
+    scheduler = Scheduler(max_queue=4)
     waiting = job(loop, "a")
     scheduler.admit(waiting)
     assert scheduler.close() == [waiting]

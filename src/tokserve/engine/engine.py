@@ -34,14 +34,14 @@ class Engine:
         loaded: LoadedModel,
         *,
         max_model_len: int | None = None,
-        max_waiting: int = 64,
+        max_queue: int = 64,
         fault_marker: str | None = None,
     ) -> None:
         self._loaded = loaded
         self.max_model_len = max_model_len or loaded.max_model_len
         self._fill_in_the_middle = FillInTheMiddle.of(loaded.tokenizer.backend_tokenizer)
         self.vocabulary = Vocabulary(loaded.tokenizer.backend_tokenizer)
-        self._scheduler = Scheduler(max_waiting)
+        self._scheduler = Scheduler(max_queue)
         fault = FaultHook(fault_marker, loaded.tokenizer.backend_tokenizer) if fault_marker else None
         self._worker = Worker(loaded, self._scheduler, fault)
         self._worker.start()
@@ -54,14 +54,14 @@ class Engine:
         device: str = "auto",
         dtype: str = "auto",
         max_model_len: int | None = None,
-        max_waiting: int = 64,
+        max_queue: int = 64,
         fault_marker: str | None = None,
     ) -> "Engine":
         """Load the model, start the worker and run a short warm-up generation through it."""
         engine = cls(
             load_model(model, device, dtype),
             max_model_len=max_model_len,
-            max_waiting=max_waiting,
+            max_queue=max_queue,
             fault_marker=fault_marker,
         )
         logger.info("Warming up")

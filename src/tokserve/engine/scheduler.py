@@ -38,8 +38,8 @@ class Counters:
 class Scheduler:
     """FIFO admission for one request at a time."""
 
-    def __init__(self, max_waiting: int) -> None:
-        self._max_waiting = max_waiting
+    def __init__(self, max_queue: int) -> None:
+        self._max_queue = max_queue
         self._waiting: deque[Job] = deque()
         self._running = 0
         self._ended: dict[Outcome, int] = {"finished": 0, "cancelled": 0, "failed": 0}
@@ -54,7 +54,7 @@ class Scheduler:
     def admit(self, *jobs: Job) -> None:
         """Queue jobs (the choices of one response) together, or raise Overloaded when they do not all fit."""
         with self._changed:
-            if len(self._waiting) + len(jobs) > self._max_waiting:
+            if len(self._waiting) + len(jobs) > self._max_queue:
                 raise Overloaded(f"{len(self._waiting)} requests are already waiting; retry shortly.")
             self._waiting.extend(jobs)
             self._changed.notify()

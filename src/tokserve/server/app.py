@@ -24,7 +24,7 @@ def load_engine(settings: Settings) -> Engine:
         device=settings.device,
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,
-        max_waiting=settings.max_waiting,
+        max_queue=settings.max_queue,
         fault_marker=settings.fault_marker,
     )
 
