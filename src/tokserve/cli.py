@@ -1,8 +1,10 @@
 """`tokserve serve` (flags built from `Settings`, each field's description its help) and `tokserve chat`."""
 
 import argparse
+import json
 import logging
 import sys
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,9 +27,14 @@ def _add_serve(serve: argparse.ArgumentParser) -> None:
         extra = field.json_schema_extra
         if isinstance(extra, dict) and extra.get("cli") is False:
             continue
-        flag, help_text = "--" + name.replace("_", "-"), field.description or ""
+        flag = str(extra["flag"]) if isinstance(extra, dict) and "flag" in extra else "--" + name.replace("_", "-")
+        help_text = field.description or ""
         if name == "replace":
-            serve.add_argument(flag, action="append", metavar="FROM=TO", help=help_text)
+            serve.add_argument(flag, dest=name, action="append", metavar="FROM=TO", help=help_text)
+        elif typing.get_origin(field.annotation) is list:  # repeatable: --api-key A --api-key B
+            serve.add_argument(
+                flag, dest=name, action="append", metavar=flag.removeprefix("--").upper(), help=help_text
+            )
         elif field.annotation is bool:
             # default None, not False: an absent flag leaves the TOKSERVE_* variable in charge
             serve.add_argument(flag, action="store_true", default=None, help=help_text)
@@ -60,10 +67,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(args: dict[str, Any]) -> None:  # argparse's namespace: untyped
-    import uvicorn
-
     from tokserve.engine import embedded_model_file
-    from tokserve.server import create_app
+    from tokserve.server import serve
 
     try:
         settings = Settings(**{name: value for name, value in args.items() if value is not None})
@@ -71,5 +76,32 @@ def _serve(args: dict[str, Any]) -> None:  # argparse's namespace: untyped
             embedded_model_file()  # fail now, with the install command, rather than after the server started
     except (ValidationError, StartupError) as error:
         sys.exit(f"tokserve: {error}")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
+    serve(settings)
+
+
+def _configure_logging(level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and a request's fields (`extra={"request": ...}`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request = getattr(record, "request", None)
+        if isinstance(request, dict):
+            line.update(request)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Self
 
 import jinja2
-from pydantic import Field, FilePath, PrivateAttr, field_validator, model_validator
+from pydantic import Field, FilePath, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -16,6 +16,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", "=": "="}
 # Quantization suffixes of GGUF file names ("Model.Q4_K_M.gguf"): not part of the model's name.
 _GGUF_QUANT_SUFFIX = re.compile(r"[.-](q\d\w*|iq\d\w*|f16|f32|bf16)$", re.IGNORECASE)
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def parse_replacement(rule: str) -> tuple[str, str]:
@@ -74,6 +75,30 @@ class Settings(BaseSettings):
     _chat_template_text: str | None = PrivateAttr(None)
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     no_ui: bool = Field(False, description="Do not serve the web chat page at /")
+    # Deployment and operation (issue 6).
+    quantization: Literal["bnb-4bit", "bnb-8bit"] | None = Field(
+        None, description="Quantize the weights on load with bitsandbytes (CUDA only; pip install 'tokserve[quant]')"
+    )
+    device_map: Literal["auto"] | None = Field(
+        None, description="auto: spread the model over all visible GPUs (accelerate's device_map); overrides --device"
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API key clients must send as `Authorization: Bearer KEY`, repeatable "
+        "(env TOKSERVE_API_KEYS: comma-separated); default: no key needed",
+        json_schema_extra={"flag": "--api-key"},
+    )
+    protect_metrics: bool = Field(False, description="Require the API key for /metrics too")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origin allowed to call the API from a browser (CORS), repeatable, or *; "
+        "env TOKSERVE_CORS_ORIGINS: comma-separated; default: none",
+        json_schema_extra={"flag": "--cors-origin"},
+    )
+    log_format: Literal["plain", "json"] = Field("plain", description="Log lines as plain text or one JSON object each")
+    drain_timeout: float = Field(
+        30.0, ge=0, description="Seconds streams in flight may take to finish after SIGTERM before they are ended"
+    )
     fault_marker: str | None = Field(
         None,
         description="Testing only, env TOKSERVE_FAULT_MARKER: a prompt containing MARKER fails in prefill, "
@@ -97,6 +122,33 @@ class Settings(BaseSettings):
         if len(set(sources)) != len(sources):
             raise ValueError("each replacement FROM may be given once")
         return value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_not_blank(cls, value: list[SecretStr]) -> list[SecretStr]:
+        if any(not key.get_secret_value().strip() for key in value):
+            raise ValueError("an API key may not be empty")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"device {value!r} is not auto, cpu, cuda or cuda:N")
+        return value
+
+    @model_validator(mode="after")
+    def _metrics_key(self) -> Self:
+        if self.protect_metrics and not self.api_keys:
+            raise ValueError("--protect-metrics needs at least one --api-key")
+        return self
 
     @model_validator(mode="after")
     def _read_chat_template(self) -> Self:

@@ -5,6 +5,7 @@ TokservError(message, param=None)   status, then OpenAI type or code
 ├── InvalidRequest                  400 invalid_request_error
 │   ├── ContextLengthExceeded       400 code context_length_exceeded
 │   └── ModelNotFound               404 code model_not_found
+├── AuthenticationFailed            401 code invalid_api_key
 ├── Overloaded(retry_after)         429 + Retry-After
 ├── NotReady(state)                 503 + Retry-After (loading, draining, unhealthy)
 └── GenerationFailed                500 server_error
@@ -33,6 +34,10 @@ class ContextLengthExceeded(InvalidRequest):
 
 class ModelNotFound(InvalidRequest):
     """The request names a model this server does not serve."""
+
+
+class AuthenticationFailed(TokservError):
+    """The request carries no API key, or a wrong one."""
 
 
 class Overloaded(TokservError):

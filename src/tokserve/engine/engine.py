@@ -56,10 +56,12 @@ class Engine:
         max_model_len: int | None = None,
         max_queue: int = 64,
         fault_marker: str | None = None,
+        quantization: str | None = None,
+        device_map: str | None = None,
     ) -> "Engine":
         """Load the model, start the worker and run a short warm-up generation through it."""
         engine = cls(
-            load_model(model, device, dtype),
+            load_model(model, device, dtype, quantization, device_map),
             max_model_len=max_model_len,
             max_queue=max_queue,
             fault_marker=fault_marker,

@@ -2,12 +2,19 @@
 device and dtype, and what the rest of the engine needs to know about them."""
 
 import importlib.metadata
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tokserve.errors import StartupError
 
@@ -50,23 +57,64 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(source: str | None, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load tokenizer and model; `source` None means the embedded default."""
+def load_model(
+    source: str | None,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantization: str | None = None,
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load tokenizer and model; `source` None means the embedded default.
+
+    `quantization` (bnb-4bit, bnb-8bit) needs CUDA and bitsandbytes; `device_map="auto"` spreads the model over
+    all visible GPUs (accelerate), and inputs then go to the device of its first weights.
+    """
     where, gguf_file = _locate(source)
-    target = resolve_device(device)
+    target = resolve_device("cuda" if device_map is not None and device == "auto" else device)
     torch_dtype = _DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    quantization_config = _quantization_config(quantization, target, torch_dtype)
     logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
-    logger.info("Loading model onto %s as %s", target, str(torch_dtype).removeprefix("torch."))
+    placement = device_map or str(target)
+    logger.info(
+        "Loading model onto %s as %s%s",
+        placement,
+        str(torch_dtype).removeprefix("torch."),
+        f", quantized {quantization}" if quantization else "",
+    )
     model = AutoModelForCausalLM.from_pretrained(
-        where, gguf_file=gguf_file, dtype=torch_dtype, device_map=str(target)
+        where, gguf_file=gguf_file, dtype=torch_dtype, device_map=placement, quantization_config=quantization_config
     )  # from_pretrained returns the model in eval mode
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
-        device=target,
+        device=model.device if device_map else target,
         max_model_len=int(model.config.max_position_embeddings),
         eos_ids=_eos_ids(model, tokenizer),
+    )
+
+
+def _quantization_config(
+    quantization: str | None, target: torch.device, compute_dtype: torch.dtype
+) -> BitsAndBytesConfig | None:
+    """bitsandbytes' config for `bnb-4bit` (NF4) or `bnb-8bit`; StartupError where it cannot work."""
+    if quantization is None:
+        return None
+    if quantization not in ("bnb-4bit", "bnb-8bit"):
+        raise StartupError(f"Unknown quantization {quantization!r}: use bnb-4bit or bnb-8bit.")
+    if target.type != "cuda":
+        raise StartupError(
+            f"--quantization {quantization} needs a CUDA GPU (bitsandbytes), and this server runs on {target}; "
+            "leave --quantization out on CPU."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise StartupError(
+            f"--quantization {quantization} needs bitsandbytes, which is not installed: pip install 'tokserve[quant]'"
+        )
+    if quantization == "bnb-8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype
     )
 
 

@@ -7,11 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from tokserve.config import Settings
 from tokserve.engine import Engine
+from tokserve.server.auth import ApiKeyMiddleware
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import install_error_handlers
+from tokserve.server.request_id import HEADER, RequestIdMiddleware
 from tokserve.server.routes import routers, ui
 
 logger = logging.getLogger(__name__)
@@ -26,6 +29,8 @@ def load_engine(settings: Settings) -> Engine:
         max_model_len=settings.max_model_len,
         max_queue=settings.max_queue,
         fault_marker=settings.fault_marker,
+        quantization=settings.quantization,
+        device_map=settings.device_map,
     )
 
 
@@ -49,7 +54,25 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.include_router(router)
     if not settings.no_ui:
         app.include_router(ui.router)
+    _add_middleware(app, state)
     return app
+
+
+def _add_middleware(app: FastAPI, state: ServerState) -> None:
+    """Outermost last: CORS answers preflights before the key check, and the request id is on every response."""
+    settings = state.settings
+    app.add_middleware(
+        ApiKeyMiddleware, keys=settings.api_keys, protect_metrics=settings.protect_metrics, metrics=state.metrics
+    )
+    app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", HEADER],
+            expose_headers=[HEADER],
+        )
 
 
 async def _load(state: ServerState) -> None:

@@ -1,6 +1,6 @@
 """What routes reach through `Annotated` dependencies: the settings, and the engine once it is ready."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
@@ -8,6 +8,8 @@ from fastapi import Depends, Request
 from tokserve.config import Settings
 from tokserve.engine import Engine
 from tokserve.errors import ModelNotFound, NotReady
+from tokserve.server.drain import Drain
+from tokserve.server.metrics import Metrics
 
 Phase = Literal["loading", "ready", "draining", "unhealthy"]
 
@@ -19,6 +21,11 @@ class ServerState:
     settings: Settings
     engine: Engine | None
     phase: Phase
+    drain: Drain = field(default_factory=Drain)
+    metrics: Metrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = Metrics(lambda: self.engine.counters if self.engine is not None else None)
 
     @property
     def health(self) -> Phase:

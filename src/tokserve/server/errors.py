@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tokserve.errors import (
+    AuthenticationFailed,
     ContextLengthExceeded,
     GenerationFailed,
     InvalidRequest,
@@ -20,6 +21,8 @@ from tokserve.errors import (
     TokservError,
 )
 from tokserve.schemas import Error, ErrorResponse
+from tokserve.server.dependencies import server_state
+from tokserve.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     InvalidRequest: (400, "invalid_request_error", None),
+    AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),
     Overloaded: (429, "rate_limit_error", "overloaded"),
     NotReady: (503, "service_unavailable", None),
     GenerationFailed: (500, "server_error", None),
@@ -54,34 +58,37 @@ def error_response(error: TokservError) -> tuple[int, ErrorResponse]:
     return status, ErrorResponse(error=Error(message=error.message, type=kind, param=error.param, code=code))
 
 
-def error_event(error: TokservError) -> str:
-    """The SSE data of an error after the stream started."""
-    return error_response(error)[1].model_dump_json()
+def error_event(error: TokservError, metrics: Metrics) -> str:
+    """The SSE data of an error after the stream started (counted in `metrics`)."""
+    body = error_response(error)[1]
+    metrics.error(body.error.type, body.error.code)
+    return body.model_dump_json()
 
 
-def _json(status: int, body: ErrorResponse, retry_after: int | None = None) -> JSONResponse:
+def _json(request: Request, status: int, body: ErrorResponse, retry_after: int | None = None) -> JSONResponse:
+    server_state(request).metrics.error(body.error.type, body.error.code)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-async def _tokserve_error(_: Request, exc: Exception) -> JSONResponse:
+async def _tokserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TokservError)
     status, body = error_response(exc)
     if status >= 500 and not isinstance(exc, NotReady):
         logger.error("Request failed: %s", exc.message)
-    return _json(status, body, getattr(exc, "retry_after", None))
+    return _json(request, status, body, getattr(exc, "retry_after", None))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 `{"detail"}` becomes a 400 envelope naming the first offending field."""
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0]
     if first["type"] == "json_invalid":
-        return _json(400, _invalid(f"Malformed JSON in the request body: {first['msg']}"))
+        return _json(request, 400, _invalid(f"Malformed JSON in the request body: {first['msg']}"))
     path = first.get("ctx", {}).get("param") or _field_path(first["loc"], exc.body)
     message = f"{path or 'body'}: {first['msg']}"
     code = "unsupported_parameter" if first["type"] == "unsupported_parameter" else None
-    return _json(400, _invalid(message, path or None, code))
+    return _json(request, 400, _invalid(message, path or None, code))
 
 
 def _field_path(loc: Sequence[int | str], body: Any) -> str:
@@ -108,20 +115,20 @@ def _holds(node: Any, part: int | str) -> bool:
     return isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return _json(exc.status_code, ErrorResponse(error=Error(message=str(exc.detail), type=kind)))
+    return _json(request, exc.status_code, ErrorResponse(error=Error(message=str(exc.detail), type=kind)))
 
 
-async def _client_disconnected(_: Request, __: Exception) -> JSONResponse:
+async def _client_disconnected(request: Request, _: Exception) -> JSONResponse:
     # 499, nginx's "client closed request": only the access log ever sees it.
-    return _json(499, _invalid("The client disconnected."))
+    return _json(request, 499, _invalid("The client disconnected."))
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("Unexpected error", exc_info=exc)
-    return _json(500, ErrorResponse(error=Error(message="Internal server error.", type="server_error")))
+    return _json(request, 500, ErrorResponse(error=Error(message="Internal server error.", type="server_error")))
 
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:

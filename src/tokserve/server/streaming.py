@@ -5,9 +5,8 @@ A token's path: `engine/worker.py` -> `engine/detokenizer.py` -> `buffer.py` -> 
 """
 
 import asyncio
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -17,13 +16,15 @@ from sse_starlette import EventSourceResponse
 from tokserve.buffer import StreamBuffer
 from tokserve.config import Settings
 from tokserve.engine import Decoder, Engine, TokenEvent, TokenStream
-from tokserve.errors import TokservError
+from tokserve.errors import NotReady, TokservError
 from tokserve.schemas import CompletionUsage, GenerationParams, WireModel
 from tokserve.server.chunks import Chunks, Finish, Logprob, Piece
 from tokserve.server.conversion import PlannedChoice, ResponsePlan
+from tokserve.server.dependencies import server_state
+from tokserve.server.drain import Drain
 from tokserve.server.errors import ClientDisconnected, error_event
-
-logger = logging.getLogger(__name__)
+from tokserve.server.request_id import request_id
+from tokserve.server.request_record import RequestRecord
 
 T = TypeVar("T")
 
@@ -34,11 +35,10 @@ class _Generation:
 
     choice: PlannedChoice
     plan: ResponsePlan
-    model: str
     tokens: TokenStream
     decoder: Decoder
     buffer: StreamBuffer
-    submitted: float
+    record: RequestRecord
 
 
 async def respond(
@@ -53,19 +53,24 @@ async def respond(
 
     Failures up to the first token of the first choice (its prefill included) are HTTP errors; the SSE response
     starts only after it. Choices are generated one after another for now, and stream as their tokens come.
+    The request is counted in flight (`Drain`) until its answer is complete; if the drain timeout runs out first,
+    it ends with NotReady("draining"): a 503 before the stream started, an error event after.
     """
+    state = server_state(http_request)
     decoders = [engine.decoder(choice.request) for choice in plan.choices]
     buffers = [StreamBuffer(replacements=settings.replace, stop=list(plan.stop) or None) for _ in plan.choices]
     # Submitted last: from here on every way out must cancel the requests.
     streams = engine.submit_all([choice.request for choice in plan.choices])  # raises Overloaded or NotReady
-    submitted = time.monotonic()
+    record = RequestRecord(request_id(http_request), settings.model_name, plan.prompt_tokens, state.metrics)
     generations = [
-        _Generation(choice, plan, settings.model_name, tokens, decoder, buffer, submitted)
+        _Generation(choice, plan, tokens, decoder, buffer, record)
         for choice, tokens, decoder, buffer in zip(plan.choices, streams, decoders, buffers, strict=True)
     ]
+    state.drain.enter()
+    streaming = False
     try:
         events = [tokens.events() for tokens in streams]
-        first = await _unless_disconnected(http_request, anext(events[0]))
+        first = await _unless_ended(anext(events[0]), state.drain, http_request)
         if first.error is not None:
             raise first.error
         pieces = _merged(
@@ -75,11 +80,19 @@ async def respond(
             ]
         )
         if body.stream:
-            return EventSourceResponse(_sse(chunks, pieces, streams, plan, body.include_usage), sep="\n")
-        return await _unless_disconnected(http_request, _collect(chunks, pieces, plan))
-    except BaseException:
+            sse = _sse(chunks, _until_expired(pieces, state.drain), streams, plan, body.include_usage, record)
+            streaming = True
+            return EventSourceResponse(_leaving(sse, state.drain), sep="\n")
+        answer = await _unless_ended(_collect(chunks, pieces, plan), state.drain, http_request)
+        record.end()
+        return answer
+    except BaseException as error:
         _cancel(streams)
+        record.end("cancelled" if isinstance(error, ClientDisconnected | asyncio.CancelledError) else "error")
         raise
+    finally:
+        if not streaming:
+            state.drain.leave()
 
 
 async def _safe_text(
@@ -92,9 +105,10 @@ async def _safe_text(
     """
     choice, plan, decoder, buffer = generation.choice, generation.plan, generation.decoder, generation.buffer
     event = first if first is not None else await anext(events)
-    first_token_at = time.monotonic()
     if event.error is not None:
         raise event.error
+    generation.record.first_token()
+    last_token_at = time.monotonic()
     if choice.echo is not None:
         prompt = choice.request.prompt_ids
         logprobs = tuple(zip(prompt, (None, *(event.prompt_logprobs or ())), strict=True)) if plan.logprobs else ()
@@ -126,10 +140,13 @@ async def _safe_text(
             finish = Finish(
                 choice.index, "length" if event.end == "length" and not buffer.stopped else "stop", stop_reason, count
             )
-            _log_finished(generation, finish, first_token_at)
+            generation.record.finished(finish.reason, count)
             yield finish
             return
         event = await anext(events)
+        now = time.monotonic()
+        generation.record.token_gap(now - last_token_at)
+        last_token_at = now
 
 
 async def _merged(sources: list[AsyncIterator[T]]) -> AsyncIterator[T]:
@@ -161,9 +178,11 @@ async def _sse(
     streams: list[TokenStream],
     plan: ResponsePlan,
     include_usage: bool,
-) -> AsyncIterator[str]:
+    record: RequestRecord,
+) -> AsyncGenerator[str, None]:
     started: set[int] = set()
     completion_tokens = 0
+    failure: str | None = "cancelled"  # unless the loop below ends: the client left, and the generator was closed
     try:
         async for piece in pieces:
             if piece.index not in started:
@@ -177,11 +196,43 @@ async def _sse(
                 yield chunks.content(piece)
         if include_usage:
             yield chunks.usage(_usage(plan, completion_tokens))
+        failure = None
     except TokservError as error:  # the response has started: the error must travel in-band
-        yield error_event(error)
+        failure = "error"
+        yield error_event(error, record.metrics)
     finally:
         _cancel(streams)  # stop string, disconnect or normal end alike: the worker drops them at its next step
+        record.end(failure)
     yield "[DONE]"
+
+
+async def _leaving(sse: AsyncGenerator[str, None], drain: Drain) -> AsyncIterator[str]:
+    """The stream, counted in flight until its last event is out (or the client left)."""
+    try:
+        async for event in sse:
+            yield event
+    finally:
+        await sse.aclose()  # now, not when collected: its `finally` cancels the generation
+        drain.leave()
+
+
+async def _until_expired(source: AsyncIterator[T], drain: Drain) -> AsyncIterator[T]:
+    """The items of `source` until the drain timeout runs out, then NotReady("draining")."""
+    expired = asyncio.ensure_future(drain.expired.wait())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(source))
+            await asyncio.wait({step, expired}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                raise NotReady("draining")
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        expired.cancel()
 
 
 async def _collect(chunks: Chunks, pieces: AsyncIterator[Piece | Finish], plan: ResponsePlan) -> WireModel:
@@ -213,34 +264,24 @@ def _cancel(streams: list[TokenStream]) -> None:
         tokens.cancel()
 
 
-async def _unless_disconnected(http_request: Request, awaitable: Awaitable[T]) -> T:
-    """Await, but give up (ClientDisconnected) if the client leaves first: queued requests must notice too."""
+async def _unless_ended(awaitable: Awaitable[T], drain: Drain, http_request: Request) -> T:
+    """Await, but give up if the client leaves first (ClientDisconnected: queued requests must notice too) or the
+    drain timeout runs out (NotReady)."""
     work = asyncio.ensure_future(awaitable)
-    watcher = asyncio.ensure_future(_disconnected(http_request))
+    watchers = {asyncio.ensure_future(_disconnected(http_request)), asyncio.ensure_future(drain.expired.wait())}
     try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({work, *watchers}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
     if work.done():
         return work.result()
     work.cancel()
+    if drain.expired.is_set():
+        raise NotReady("draining")
     raise ClientDisconnected
 
 
 async def _disconnected(http_request: Request) -> None:
     while (await http_request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _log_finished(generation: _Generation, finish: Finish, first_token_at: float) -> None:
-    now = time.monotonic()
-    logger.info(
-        "%s model=%s prompt_tokens=%d completion_tokens=%d ttft=%.3fs duration=%.3fs finish=%s",
-        generation.choice.request.request_id,
-        generation.model,
-        len(generation.choice.request.prompt_ids),
-        finish.completion_tokens,
-        first_token_at - generation.submitted,
-        now - generation.submitted,
-        finish.reason,
-    )
