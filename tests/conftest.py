@@ -1,12 +1,16 @@
 """One loaded engine for the whole run, served by real uvicorn servers on free loopback ports in threads."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -169,3 +173,61 @@ def wait_idle(engine: Engine, wait_until: Callable[[Callable[[], bool]], None]) 
         wait_until(lambda: engine.counters.running == 0 and engine.counters.waiting == 0)
 
     return wait
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class TokserveProcess:
+    """A `tokserve serve` process: its base URL, the process, and the file its log goes to."""
+
+    url: str
+    process: "subprocess.Popen[bytes]"
+    log: Path
+
+    def log_lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+
+@contextmanager
+def tokserve_process(log: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[TokserveProcess]:
+    """Run the installed `tokserve serve` on a free loopback port until /health says ready (300 s at most)."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "tokserve"), "serve", "--port", str(port), *flags]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        )
+    server = TokserveProcess(f"http://127.0.0.1:{port}", process, log)
+    try:
+        _wait_ready(server)
+        yield server
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _wait_ready(server: TokserveProcess) -> None:
+    deadline = time.monotonic() + 300  # loading the model in a fresh process, on a busy CPU
+    tick = threading.Event()  # never set: its timed wait paces the polling
+    while True:
+        assert server.process.poll() is None, f"tokserve exited: {server.log.read_text()[-2000:]}"
+        try:
+            if httpx.get(f"{server.url}/health", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "tokserve not ready in 300 s"
+        tick.wait(0.2)
+
+
+@pytest.fixture(scope="session")
+def start_tokserve() -> Callable[..., AbstractContextManager[TokserveProcess]]:
+    """`with start_tokserve(log_path, "--flag", ...) as server`: a real `tokserve serve` process."""
+    return tokserve_process

@@ -26,19 +26,20 @@ class RequestRecord:
 
     def first_token(self) -> None:
         """A choice got its first token; the request's time to first token is its first choice's."""
+        self.completion_tokens += 1
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
             self.metrics.time_to_first_token.observe(self.first_token_at - self.submitted)
 
-    def token_gap(self, seconds: float) -> None:
-        self.metrics.inter_token_latency.observe(seconds)
+    def next_token(self, gap: float) -> None:
+        """A choice got another token, `gap` seconds after its previous one."""
+        self.completion_tokens += 1
+        self.metrics.inter_token_latency.observe(gap)
 
-    def finished(self, reason: str, completion_tokens: int) -> None:
-        """A choice ended with `reason` (stop, length) after generating `completion_tokens`."""
+    def finished(self, reason: str) -> None:
+        """A choice ended with `reason`: stop or length."""
         self.finish_reasons.append(reason)
-        self.completion_tokens += completion_tokens
         self.metrics.finished.labels(reason).inc()
-        self.metrics.generation_tokens.inc(completion_tokens)
 
     def end(self, failure: str | None = None) -> None:
         """The answer is complete, or ended by `failure` (error, cancelled); idempotent."""
@@ -50,6 +51,7 @@ class RequestRecord:
             self.metrics.finished.labels(failure).inc()
         self.metrics.request_latency.observe(now - self.submitted)
         self.metrics.prompt_tokens.inc(self.prompt_tokens)
+        self.metrics.generation_tokens.inc(self.completion_tokens)
         ttft = None if self.first_token_at is None else round(self.first_token_at - self.submitted, 4)
         fields = {
             "request_id": self.request_id,

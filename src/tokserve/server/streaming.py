@@ -140,12 +140,12 @@ async def _safe_text(
             finish = Finish(
                 choice.index, "length" if event.end == "length" and not buffer.stopped else "stop", stop_reason, count
             )
-            generation.record.finished(finish.reason, count)
+            generation.record.finished(finish.reason)
             yield finish
             return
         event = await anext(events)
         now = time.monotonic()
-        generation.record.token_gap(now - last_token_at)
+        generation.record.next_token(now - last_token_at)
         last_token_at = now
 
 

@@ -1,0 +1,105 @@
+"""deploy/nginx.conf, run by Debian's nginx in front of two `tokserve serve` processes on loopback: requests go
+round-robin, and a stream passes through event by event, not buffered until it ends."""
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import TokserveProcess, free_port
+
+CONFIG = Path(__file__).parents[2] / "deploy" / "nginx.conf"
+# A short stream: far less than one of nginx's buffers, so buffering would hold all of it until the end.
+SHORT = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "stream": True}
+
+
+@contextmanager
+def nginx(tmp_path: Path, backends: list[str]) -> Iterator[str]:
+    """The repository's config with the replicas' addresses and a free port put in; yields its base URL."""
+    nginx_binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    assert Path(nginx_binary).exists(), "Debian's nginx is needed (.ci/run installs it)"
+    port = free_port()
+    text = CONFIG.read_text()
+    text, upstreams = re.subn(r"server tokserve:8000;", " ".join(f"server {url};" for url in backends), text)
+    text, listens = re.subn(r"listen 8080;", f"listen 127.0.0.1:{port};", text)
+    assert (upstreams, listens) == (1, 1)
+    config = tmp_path / "nginx.conf"
+    config.write_text(text)
+    process = subprocess.Popen(
+        [nginx_binary, "-c", str(config), "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+         "-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, tick = time.monotonic() + 30, threading.Event()
+        while True:
+            assert process.poll() is None, (tmp_path / "error.log").read_text()
+            try:
+                httpx.get(f"{url}/health", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "nginx did not answer in 30 s"
+                tick.wait(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def running(backends: list[TokserveProcess]) -> int:
+    """Requests generating now, summed over the replicas, from their own /metrics."""
+    total = 0
+    for backend in backends:
+        for line in httpx.get(f"{backend.url}/metrics").text.splitlines():
+            if line.startswith("tokserve_requests_running "):
+                total += int(float(line.split()[1]))
+    return total
+
+
+def finished(backend: TokserveProcess) -> float:
+    text = httpx.get(f"{backend.url}/metrics").text
+    return sum(
+        float(line.split()[1]) for line in text.splitlines() if line.startswith("tokserve_request_finished_total")
+    )
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    tmp_path_factory: pytest.TempPathFactory, start_tokserve: Callable[..., AbstractContextManager[TokserveProcess]]
+) -> Iterator[list[TokserveProcess]]:
+    logs = tmp_path_factory.mktemp("replicas")
+    with ExitStack() as stack:
+        yield [stack.enter_context(start_tokserve(logs / f"replica{index}.log")) for index in range(2)]
+
+
+def test_stream_passes_through_event_by_event(replicas: list[TokserveProcess], tmp_path: Path) -> None:
+    backends = [backend.url.removeprefix("http://") for backend in replicas]
+    with nginx(tmp_path, backends) as url, httpx.Client(base_url=url, timeout=120) as http:
+        with http.stream("POST", "/v1/completions", json=SHORT, headers={"X-Request-Id": "via-nginx"}) as response:
+            assert response.status_code == 200
+            assert response.headers["x-request-id"] == "via-nginx"  # the client's id reached the replica
+            lines = response.iter_lines()
+            first = next(lines)
+            assert first.startswith("data: ") and json.loads(first.removeprefix("data: "))["choices"][0]["text"]
+            # The first token is here while its replica still generates the rest: nothing waits for the end.
+            assert running(replicas) == 1
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert rest[-1] == "data: [DONE]" and len(rest) == 12 - 1 + 2  # the other tokens, the finish, [DONE]
+
+
+def test_requests_go_round_robin(replicas: list[TokserveProcess], tmp_path: Path) -> None:
+    backends = [backend.url.removeprefix("http://") for backend in replicas]
+    before = [finished(backend) for backend in replicas]
+    with nginx(tmp_path, backends) as url, httpx.Client(base_url=url, timeout=120) as http:
+        for _ in range(2):
+            reply = http.post("/v1/completions", json={**SHORT, "stream": False, "max_tokens": 2})
+            assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
+    assert [finished(backend) - then for backend, then in zip(replicas, before, strict=True)] == [1, 1]
