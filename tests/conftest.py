@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +25,15 @@ from tokenizers import Tokenizer
 from tokserve.config import Settings
 from tokserve.engine import Engine
 from tokserve.server import create_app, load_engine
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` skip where torch sees no CUDA device: the only tests that may skip."""
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
 @pytest.fixture(scope="session")

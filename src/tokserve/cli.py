@@ -67,13 +67,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _serve(args: dict[str, Any]) -> None:  # argparse's namespace: untyped
-    from tokserve.engine import embedded_model_file
+    from tokserve.engine import check_quantization, embedded_model_file
     from tokserve.server import serve
 
     try:
         settings = Settings(**{name: value for name, value in args.items() if value is not None})
         if settings.model is None:
             embedded_model_file()  # fail now, with the install command, rather than after the server started
+        check_quantization(settings.quantization, settings.device)  # likewise: no GPU, or no bitsandbytes
     except (ValidationError, StartupError) as error:
         sys.exit(f"tokserve: {error}")
     _configure_logging(settings.log_level, settings.log_format)

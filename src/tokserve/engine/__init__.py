@@ -5,7 +5,7 @@ torch and transformers live here only; route code uses the names below.
 
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.engine import Engine
-from tokserve.engine.loading import LoadedModel, embedded_model_file, load_model
+from tokserve.engine.loading import LoadedModel, check_quantization, embedded_model_file, load_model
 from tokserve.engine.logprobs import TokenLogprobs
 from tokserve.engine.request import GenerationRequest, SamplingParams
 from tokserve.engine.scheduler import Counters
@@ -24,6 +24,7 @@ __all__ = [
     "TokenLogprobs",
     "TokenStream",
     "Vocabulary",
+    "check_quantization",
     "embedded_model_file",
     "load_model",
 ]

@@ -70,7 +70,7 @@ def load_model(
     all visible GPUs (accelerate), and inputs then go to the device of its first weights.
     """
     where, gguf_file = _locate(source)
-    target = resolve_device("cuda" if device_map is not None and device == "auto" else device)
+    target = resolve_device(device)
     torch_dtype = _DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
     quantization_config = _quantization_config(quantization, target, torch_dtype)
     logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
@@ -92,6 +92,11 @@ def load_model(
         max_model_len=int(model.config.max_position_embeddings),
         eos_ids=_eos_ids(model, tokenizer),
     )
+
+
+def check_quantization(quantization: str | None, device: str = "auto") -> None:
+    """Raise StartupError now if `quantization` cannot work on `device`, rather than once loading began."""
+    _quantization_config(quantization, resolve_device(device), torch.float16)
 
 
 def _quantization_config(
