@@ -65,6 +65,9 @@ def test_cli_help_lists_flags_but_not_the_fault_hook(capsys: pytest.CaptureFixtu
     help_text = capsys.readouterr().out
     for flag in ("--model", "--served-model-name", "--host", "--port", "--device", "--dtype", "--replace", "--no-ui"):
         assert flag in help_text
+    operations = ("--api-key API-KEY", "--cors-origin CORS-ORIGIN", "--protect-metrics", "--log-format")
+    for flag in (*operations, "--drain-timeout", "--quantization", "--device-map"):
+        assert flag in help_text
     assert "--fault" not in help_text and "TOKSERVE_FAULT_MARKER" not in help_text
 
 

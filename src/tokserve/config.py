@@ -77,10 +77,14 @@ class Settings(BaseSettings):
     no_ui: bool = Field(False, description="Do not serve the web chat page at /")
     # Deployment and operation (issue 6).
     quantization: Literal["bnb-4bit", "bnb-8bit"] | None = Field(
-        None, description="Quantize the weights on load with bitsandbytes (CUDA only; pip install 'tokserve[quant]')"
+        None,
+        description="Quantize the weights on load with bitsandbytes, bnb-4bit (NF4) or bnb-8bit; CUDA only, "
+        "pip install 'tokserve[quant]'; default: none",
     )
     device_map: Literal["auto"] | None = Field(
-        None, description="auto: spread the model over all visible GPUs (accelerate's device_map); overrides --device"
+        None,
+        description="auto: spread the model over all visible GPUs (accelerate's device_map) instead of one --device; "
+        "default: none",
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
