@@ -1,5 +1,8 @@
 """deploy/nginx.conf, run by Debian's nginx in front of two `tokserve serve` processes on loopback: requests go
-round-robin, and a stream passes through event by event, not buffered until it ends."""
+round-robin, and a stream passes through event by event, not buffered until it ends.
+
+Debian's nginx 1.22 also passed this short stream on event by event with `proxy_buffering on` (tried by hand), so
+the directives that keep long streams unbuffered and uncut are checked in the file as well."""
 
 import json
 import re
@@ -17,7 +20,7 @@ import pytest
 from conftest import TokserveProcess, free_port
 
 CONFIG = Path(__file__).parents[2] / "deploy" / "nginx.conf"
-# A short stream: far less than one of nginx's buffers, so buffering would hold all of it until the end.
+# A short stream: it fits in one of nginx's buffers, so nothing but buffering could make its events arrive together.
 SHORT = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "stream": True}
 
 
@@ -103,3 +106,11 @@ def test_requests_go_round_robin(replicas: list[TokserveProcess], tmp_path: Path
             reply = http.post("/v1/completions", json={**SHORT, "stream": False, "max_tokens": 2})
             assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
     assert [finished(backend) - then for backend, then in zip(replicas, before, strict=True)] == [1, 1]
+
+
+def test_config_is_set_up_for_server_sent_events() -> None:
+    directives = {line.strip().rstrip(";") for line in CONFIG.read_text().splitlines()}
+    assert {"proxy_buffering off", "proxy_cache off", "gzip off", "proxy_http_version 1.1"} <= directives
+    assert 'proxy_set_header Connection ""' in directives  # keep-alive to the replicas, not `close`
+    timeout = next(line for line in directives if line.startswith("proxy_read_timeout"))
+    assert int(timeout.split()[1].removesuffix("s")) >= 3600  # a long generation is not cut mid-stream
