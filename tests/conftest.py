@@ -50,6 +50,7 @@ def serve(app: ASGIApp) -> Iterator[str]:
 def settings(fault_marker: str) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TOKSERVE_FAULT_MARKER", fault_marker)  # the hook exists only through the environment
+        patch.setenv("TOKSERVE_DTYPE", "float32")  # the same numbers on every CPU, bfloat16-capable or not
         yield Settings()
 
 

@@ -25,6 +25,10 @@ def load_engine(settings: Settings) -> Engine:
         dtype=settings.dtype,
         max_model_len=settings.max_model_len,
         max_queue=settings.max_queue,
+        max_running=settings.max_running,
+        kv_cache_memory=settings.kv_cache_memory,
+        prefill_tokens=settings.prefill_tokens,
+        threads=settings.threads,
         fault_marker=settings.fault_marker,
     )
 
