@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from tokserve.config import Settings
-from tokserve.engine import Engine
+from tokserve.engine import BatchLimits, Engine
 from tokserve.server import create_app, load_engine
 
 
@@ -59,6 +59,20 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = load_engine(settings)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def narrow_engine(engine: Engine) -> Iterator[Engine]:
+    """A second worker on the same weights: one request at a time, one place in its queue."""
+    narrow = Engine(engine.loaded, max_queue=1, limits=BatchLimits(max_running=1))
+    yield narrow
+    narrow.close()
+
+
+@pytest.fixture(scope="session")
+def narrow_url(settings: Settings, narrow_engine: Engine) -> Iterator[str]:
+    with serve(create_app(settings, engine=narrow_engine)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
