@@ -1,6 +1,6 @@
 """The rows of a batch and their shared KV cache: left-padded so that every row's next token sits in the same column.
 
-Rows join (a prefilled group is merged in, the shorter side padded on the left) and leave (their rows are dropped,
+Rows join (a prefilled group is merged in, the shorter side padded on the left) and leave (their rows are selected out,
 and columns that became padding in every row are trimmed), so the cache never holds a finished request for longer
 than a step. The attention mask hides each row's padding; position ids count only its real tokens, so a row's
 numbers are those it would have alone. Only full-attention caches (`DynamicLayer`) can be padded and trimmed like
@@ -89,9 +89,10 @@ class PaddedBatch:
         self.mask = torch.cat([_pad_left(self.mask, width), _pad_left(other.mask, width)])
         self.lengths += other.lengths
 
-    def keep(self, rows: Sequence[int]) -> None:
-        """Drop every row not in `rows` (kept in that order), then the columns that are padding in every row."""
-        if len(rows) == len(self):
+    def select(self, rows: Sequence[int]) -> None:
+        """Keep the rows `rows`, in that order (one may repeat: the choices of one prompt share its prefill), then
+        drop the columns that are padding in every row."""
+        if list(rows) == list(range(len(self))):
             return
         if not rows:
             self.cache = DynamicCache(config=self._config)

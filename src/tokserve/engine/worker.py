@@ -51,9 +51,10 @@ class _Running:
 
 @dataclass(slots=True)
 class _Prefill:
-    """A group of new requests whose prompts are being read, `done` columns so far."""
+    """A group of new requests whose prompts are being read, `done` columns so far; row i reads prompt `source[i]`."""
 
     rows: list[_Running]
+    source: list[int]
     batch: PaddedBatch
     ids: torch.Tensor
     chunk: int
@@ -132,13 +133,14 @@ class Worker:
 
     def _start_prefill(self, jobs: list[Job]) -> None:
         rows = [self._running(job) for job in jobs]
-        batch, ids = PaddedBatch.of_prompts(
-            self._loaded.model.config, self._loaded.device, [job.request.prompt_ids for job in jobs], self._pad_id
-        )
+        # Each distinct prompt is read once: the choices of one request share it.
+        prompts = list(dict.fromkeys(job.request.prompt_ids for job in jobs))
+        source = [prompts.index(job.request.prompt_ids) for job in jobs]
+        batch, ids = PaddedBatch.of_prompts(self._loaded.model.config, self._loaded.device, prompts, self._pad_id)
         every_position = any(job.request.prompt_logprobs is not None for job in jobs)
         # Prompt logprobs need every position's logits, kept whole as when alone; other prompts are read in chunks.
-        chunk = ids.shape[1] if every_position else max(1, self._limits.prefill_tokens // len(jobs))
-        self._prefill = _Prefill(rows, batch, ids, chunk, every_position)
+        chunk = ids.shape[1] if every_position else max(1, self._limits.prefill_tokens // len(prompts))
+        self._prefill = _Prefill(rows, source, batch, ids, chunk, every_position)
 
     def _running(self, job: Job) -> _Running:
         request, eos_ids = job.request, self._loaded.eos_ids
@@ -172,11 +174,11 @@ class Worker:
         live = self._advance(
             prefill.rows,
             [
-                logits[index, -len(row.job.request.prompt_ids) :] if prefill.every_position else logits[index]
-                for index, row in enumerate(prefill.rows)
+                logits[prompt, -len(row.job.request.prompt_ids) :] if prefill.every_position else logits[prompt]
+                for prompt, row in zip(prefill.source, prefill.rows, strict=True)
             ],
         )
-        prefill.batch.keep(live)
+        prefill.batch.select([prefill.source[index] for index in live])
         self._batch.extend(prefill.batch)
         self._rows += [prefill.rows[row] for row in live]
 
@@ -190,10 +192,10 @@ class Worker:
         except Exception:
             self._fail(self._rows)
             self._rows = []
-            self._batch.keep([])
+            self._batch.select([])
             return
         live = self._advance(self._rows, [logits[row] for row in range(len(self._rows))])
-        self._batch.keep(live)
+        self._batch.select(live)
         self._rows = [self._rows[row] for row in live]
 
     def _advance(self, rows: Sequence[_Running], logits: Sequence[torch.Tensor]) -> list[int]:
@@ -241,7 +243,7 @@ class Worker:
             return
         self._finish(rows)
         kept = [index for index, row in enumerate(self._rows) if row not in rows]
-        self._batch.keep(kept)
+        self._batch.select(kept)
         self._rows = [self._rows[index] for index in kept]
 
     def _finish(self, rows: Sequence[_Running]) -> None:
