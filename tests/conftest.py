@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from tokserve.config import Settings
-from tokserve.engine import Engine
+from tokserve.engine import BatchLimits, Engine
 from tokserve.server import create_app, load_engine
 
 
@@ -64,6 +64,7 @@ def serve(app: ASGIApp) -> Iterator[str]:
 def settings(fault_marker: str) -> Iterator[Settings]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TOKSERVE_FAULT_MARKER", fault_marker)  # the hook exists only through the environment
+        patch.setenv("TOKSERVE_DTYPE", "float32")  # the same numbers on every CPU, bfloat16-capable or not
         yield Settings()
 
 
@@ -72,6 +73,20 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = load_engine(settings)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def narrow_engine(engine: Engine) -> Iterator[Engine]:
+    """A second worker on the same weights: one request at a time, one place in its queue."""
+    narrow = Engine(engine.loaded, max_queue=1, limits=BatchLimits(max_running=1))
+    yield narrow
+    narrow.close()
+
+
+@pytest.fixture(scope="session")
+def narrow_url(settings: Settings, narrow_engine: Engine) -> Iterator[str]:
+    with serve(create_app(settings, engine=narrow_engine)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
     device: str = Field("auto", description="torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="Weights dtype; auto: bfloat16 on CUDA, float32 on CPU"
+        "auto",
+        description="Weights dtype; auto: bfloat16 on CUDA (float16 where unsupported) and on CPUs with "
+        "AVX512-BF16 or AMX, float32 on other CPUs",
     )
     replace: Annotated[list[tuple[str, str]], NoDecode] = Field(
         default_factory=list,
@@ -65,6 +67,17 @@ class Settings(BaseSettings):
     max_model_len: int | None = Field(
         None, ge=1, description="Context length in tokens (prompt + output); default: the model's own"
     )
+    max_running: int = Field(8, ge=1, description="Requests generating together in one batch (each choice counts)")
+    kv_cache_memory: float | None = Field(
+        None,
+        gt=0,
+        description="GiB the batch's KV cache may reach in the worst case (prompt + max_tokens of every request); "
+        "a request that would pass it waits; default: a quarter of RAM on CPU, half the free GPU memory on CUDA",
+    )
+    prefill_tokens: int = Field(
+        512, ge=1, description="Prompt tokens read per forward step; longer prompts are read over several steps"
+    )
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's own choice")
     max_queue: int = Field(
         64, ge=0, description="Requests allowed to wait for a place in the batch; beyond it, 429 with Retry-After"
     )

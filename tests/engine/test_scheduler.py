@@ -1,4 +1,4 @@
-"""The waiting line: FIFO, bounded, cancelled requests dropped without running, counters."""
+"""The waiting line: FIFO, bounded, taken from the head while jobs fit, cancelled requests dropped, counters."""
 
 import asyncio
 from collections.abc import Iterator
@@ -27,10 +27,9 @@ def test_fifo_and_counters(loop: asyncio.AbstractEventLoop) -> None:
     scheduler.admit(first)
     scheduler.admit(second)
     assert scheduler.counters.waiting == 2
-    assert scheduler.next() is first
-    assert (scheduler.counters.running, scheduler.counters.waiting) == (1, 1)
+    assert scheduler.take(lambda _: True, wait=True) == [first, second]
+    assert (scheduler.counters.running, scheduler.counters.waiting) == (2, 0)
     scheduler.done("finished")
-    assert scheduler.next() is second
     scheduler.done("failed")
     counters = scheduler.counters
     assert (counters.running, counters.waiting, counters.finished, counters.failed) == (0, 0, 1, 1)
@@ -52,7 +51,7 @@ def test_cancelled_waiting_jobs_are_dropped(loop: asyncio.AbstractEventLoop) -> 
     scheduler.drop_cancelled()
     assert (scheduler.counters.waiting, scheduler.counters.cancelled) == (2, 1)
     also_gone.stream.cancel()
-    assert scheduler.next() is kept
+    assert scheduler.take(lambda _: True, wait=False) == [kept]
     scheduler.done("finished")
     assert scheduler.counters.cancelled == 2 and scheduler.counters.waiting == 0
 
@@ -62,4 +61,14 @@ def test_close_hands_back_waiting_jobs(loop: asyncio.AbstractEventLoop) -> None:
     waiting = job(loop, "a")
     scheduler.admit(waiting)
     assert scheduler.close() == [waiting]
-    assert scheduler.next() is None
+    assert scheduler.take(lambda _: True, wait=True) is None
+
+
+def test_take_stops_at_the_first_job_that_does_not_fit(loop: asyncio.AbstractEventLoop) -> None:
+    scheduler = Scheduler(max_queue=4)
+    small, big, small_again = job(loop, "a"), job(loop, "big"), job(loop, "c")
+    for each in (small, big, small_again):
+        scheduler.admit(each)
+    assert scheduler.take(lambda each: each is not big, wait=True) == [small]
+    assert scheduler.counters.waiting == 2  # the big one keeps its place at the head: no overtaking
+    assert scheduler.take(lambda _: True, wait=False) == [big, small_again]

@@ -11,8 +11,10 @@ from tokserve.engine.request import GenerationRequest, SamplingParams
 from tokserve.engine.scheduler import Counters
 from tokserve.engine.token_stream import EndReason, TokenEvent, TokenStream
 from tokserve.engine.vocabulary import Vocabulary
+from tokserve.engine.worker import BatchLimits
 
 __all__ = [
+    "BatchLimits",
     "Counters",
     "Decoder",
     "EndReason",

@@ -8,16 +8,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 from tokserve.engine.chat_template import encode_chat
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.faults import FaultHook
 from tokserve.engine.fill_in_the_middle import FillInTheMiddle
-from tokserve.engine.loading import LoadedModel, load_model
+from tokserve.engine.loading import LoadedModel, default_kv_cache_bytes, load_model
 from tokserve.engine.request import GenerationRequest, SamplingParams
 from tokserve.engine.scheduler import Counters, Job, Scheduler
 from tokserve.engine.token_stream import TokenStream
 from tokserve.engine.vocabulary import Vocabulary
-from tokserve.engine.worker import Worker
+from tokserve.engine.worker import BatchLimits, Worker
 from tokserve.errors import GenerationFailed, InvalidRequest, NotReady
 
 logger = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class Engine:
         *,
         max_model_len: int | None = None,
         max_queue: int = 64,
+        limits: BatchLimits | None = None,
         fault_marker: str | None = None,
     ) -> None:
         self._loaded = loaded
@@ -43,7 +46,7 @@ class Engine:
         self.vocabulary = Vocabulary(loaded.tokenizer.backend_tokenizer)
         self._scheduler = Scheduler(max_queue)
         fault = FaultHook(fault_marker, loaded.tokenizer.backend_tokenizer) if fault_marker else None
-        self._worker = Worker(loaded, self._scheduler, fault)
+        self._worker = Worker(loaded, self._scheduler, limits or BatchLimits(), fault)
         self._worker.start()
 
     @classmethod
@@ -55,15 +58,33 @@ class Engine:
         dtype: str = "auto",
         max_model_len: int | None = None,
         max_queue: int = 64,
+        max_running: int = 8,
+        kv_cache_memory: float | None = None,
+        prefill_tokens: int = 512,
+        threads: int | None = None,
         fault_marker: str | None = None,
         quantization: str | None = None,
         device_map: str | None = None,
     ) -> "Engine":
-        """Load the model, start the worker and run a short warm-up generation through it."""
+        """Load the model, start the worker and run a short warm-up generation through it.
+
+        `kv_cache_memory` is in GiB; None picks a share of the device's memory (`default_kv_cache_bytes`).
+        """
+        if threads is not None:
+            torch.set_num_threads(threads)
+        loaded = load_model(model, device, dtype, quantization, device_map)
+        kv_cache_bytes = int(kv_cache_memory * 2**30) if kv_cache_memory else default_kv_cache_bytes(loaded.device)
+        logger.info(
+            "Batching up to %d requests; KV cache bound %.1f GiB (%d tokens of one sequence)",
+            max_running,
+            kv_cache_bytes / 2**30,
+            kv_cache_bytes // loaded.kv_bytes_per_token,
+        )
         engine = cls(
-            load_model(model, device, dtype, quantization, device_map),
+            loaded,
             max_model_len=max_model_len,
             max_queue=max_queue,
+            limits=BatchLimits(max_running, kv_cache_bytes, prefill_tokens),
             fault_marker=fault_marker,
         )
         logger.info("Warming up")

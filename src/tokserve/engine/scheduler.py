@@ -1,11 +1,13 @@
 """The waiting line in front of the worker: bounded admission, cancelled requests dropped, counters. No torch here.
 
-This issue runs one request at a time; the line is FIFO. Every method is thread-safe: `admit` runs on the event
-loop, the rest on the worker thread, and tests read `counters` from anywhere.
+The line is FIFO: the worker takes jobs from its head while they fit into the batch, so a big request is not
+overtaken forever by small ones. Every method is thread-safe: `admit` runs on the event loop, the rest on the worker
+thread, and tests read `counters` from anywhere.
 """
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -36,7 +38,7 @@ class Counters:
 
 
 class Scheduler:
-    """FIFO admission for one request at a time."""
+    """FIFO admission into the worker's batch."""
 
     def __init__(self, max_queue: int) -> None:
         self._max_queue = max_queue
@@ -59,16 +61,22 @@ class Scheduler:
             self._waiting.extend(jobs)
             self._changed.notify()
 
-    def next(self) -> Job | None:
-        """Block until a live job is waiting and mark it running; None once closed."""
+    def take(self, fits: Callable[[Job], bool], wait: bool) -> list[Job] | None:
+        """Waiting jobs from the head of the line, marked running, for as long as `fits(job)` says yes.
+
+        With `wait`, block while the line is empty. None once closed.
+        """
         with self._changed:
             while True:
                 self._drop_cancelled()
                 if self._closed:
                     return None
-                if self._waiting:
-                    self._running += 1
-                    return self._waiting.popleft()
+                taken: list[Job] = []
+                while self._waiting and fits(self._waiting[0]):
+                    taken.append(self._waiting.popleft())
+                if taken or not wait or self._waiting:
+                    self._running += len(taken)
+                    return taken
                 self._changed.wait()
 
     def done(self, outcome: Outcome) -> None:
