@@ -219,20 +219,22 @@ async def _leaving(sse: AsyncGenerator[str, None], drain: Drain) -> AsyncIterato
 async def _until_expired(source: AsyncIterator[T], drain: Drain) -> AsyncIterator[T]:
     """The items of `source` until the drain timeout runs out, then NotReady("draining")."""
     expired = asyncio.ensure_future(drain.expired.wait())
+    step: asyncio.Future[T] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(source))
             await asyncio.wait({step, expired}, return_when=asyncio.FIRST_COMPLETED)
             if not step.done():
-                step.cancel()
                 raise NotReady("draining")
             try:
                 item = step.result()
             except StopAsyncIteration:
                 return
             yield item
-    finally:
+    finally:  # the deadline, or the client gone (this generator closed or cancelled): no step left running
         expired.cancel()
+        if step is not None:
+            step.cancel()
 
 
 async def _collect(chunks: Chunks, pieces: AsyncIterator[Piece | Finish], plan: ResponsePlan) -> WireModel:
@@ -274,9 +276,10 @@ async def _unless_ended(awaitable: Awaitable[T], drain: Drain, http_request: Req
     finally:
         for watcher in watchers:
             watcher.cancel()
-    if work.done():
+        if not work.done():
+            work.cancel()
+    if work.done() and not work.cancelled():
         return work.result()
-    work.cancel()
     if drain.expired.is_set():
         raise NotReady("draining")
     raise ClientDisconnected
