@@ -219,14 +219,8 @@ def _baseline_worker(conn: Connection, dtype: str, threads: int | None, max_toke
 
     generate(PROMPTS[:1], 4)
     generate(PROMPTS[:8], 4)
-    lengths = [
-        len(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False
-            )
-        )
-        for p in PROMPTS
-    ]
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    lengths = [len(ids) for ids in tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_dict=False)]
     conn.send((str(loaded.model.dtype).removeprefix("torch."), torch.get_num_threads(), min(lengths), max(lengths)))
     while (job := conn.recv()) is not None:
         batch, requests = job
