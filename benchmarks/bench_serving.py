@@ -30,12 +30,16 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import httpx
 import psutil
 
 from server_process import running_tokserve, wait_until_healthy
+
+if TYPE_CHECKING:  # torch and the engine load in the baseline's process only
+    from tokserve.engine import LoadedModel
 
 # About 40 tokens each with SmolLM2's chat template (41-47), all asking for more than 64 tokens.
 PROMPTS = [
@@ -190,6 +194,28 @@ def _measure(target: Target, concurrency: int, args: argparse.Namespace) -> Row:
     return row
 
 
+def generate_fixed(loaded: "LoadedModel", prompts: list[str], new_tokens: int) -> list[list[int]]:
+    """Greedy `model.generate` of exactly `new_tokens` tokens for each prompt in one left-padded batch."""
+    import torch
+
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    inputs = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
+    ).to(loaded.device)
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return output[:, inputs["input_ids"].shape[1] :].tolist()
+
+
 def _baseline_worker(conn: Connection, dtype: str, threads: int | None, max_tokens: int) -> None:
     """In its own process: load the embedded model, then time `generate` for each (batch, requests) received."""
     import torch  # only here: the load generator's process stays free of torch and its threads
@@ -199,34 +225,18 @@ def _baseline_worker(conn: Connection, dtype: str, threads: int | None, max_toke
     if threads:
         torch.set_num_threads(threads)
     loaded = load_model(None, "auto", dtype)
-    tokenizer = loaded.tokenizer
-    tokenizer.padding_side = "left"
-    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-
-    def generate(prompts: list[str], new_tokens: int) -> None:
-        conversations = [[{"role": "user", "content": p}] for p in prompts]
-        inputs = tokenizer.apply_chat_template(
-            conversations, add_generation_prompt=True, padding=True, return_tensors="pt", return_dict=True
-        ).to(loaded.device)
-        with torch.inference_mode():
-            loaded.model.generate(
-                **inputs,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-
-    generate(PROMPTS[:1], 4)
-    generate(PROMPTS[:8], 4)
+    generate_fixed(loaded, PROMPTS[:1], 4)
+    generate_fixed(loaded, PROMPTS[:8], 4)
     chats = [[{"role": "user", "content": p}] for p in PROMPTS]
-    lengths = [len(ids) for ids in tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_dict=False)]
+    lengths = [
+        len(ids) for ids in loaded.tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_dict=False)
+    ]
     conn.send((str(loaded.model.dtype).removeprefix("torch."), torch.get_num_threads(), min(lengths), max(lengths)))
     while (job := conn.recv()) is not None:
         batch, requests = job
         start = time.perf_counter()
         for first in range(0, requests, batch):
-            generate([PROMPTS[i % len(PROMPTS)] for i in range(first, first + batch)], max_tokens)
+            generate_fixed(loaded, [PROMPTS[i % len(PROMPTS)] for i in range(first, first + batch)], max_tokens)
         conn.send(time.perf_counter() - start)
 
 
@@ -362,11 +372,13 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.tokserve_args and "--dtype" in shlex.split(args.tokserve_args):
         parser.error("give the dtype once, with --dtype: the baseline uses it too")
+    if any("=" not in peer for peer in args.peer):
+        parser.error("--peer takes NAME=URL")
     return args
 
 
 def _targets(args: argparse.Namespace) -> list[Target]:
-    peers = [(url, url) for url in args.url] + [tuple(peer.split("=", 1)) for peer in args.peer]
+    peers = [(url, url) for url in args.url] + [peer.split("=", 1) for peer in args.peer]
     fields = _fixed_length(args.peer_fixed_length, args.max_tokens)
     return [Target(name, url.rstrip("/"), fields, _listening_pid(url)) for name, url in peers]
 
