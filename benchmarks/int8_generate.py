@@ -60,32 +60,35 @@ def main() -> None:
     parser.add_argument("--batch1-prompts", type=int, default=4, help="prompts generated one at a time")
     args = parser.parse_args()
 
-    # Each quantized variant right after the plain model it is compared with.
-    variants: list[tuple[str, Callable[[], LoadedModel]]] = [
-        (args.dtype, lambda: load_model(None, "cpu", args.dtype)),
+    # (name, plain dtype it is compared with, how to load it); each plain dtype comes before its int8 variants.
+    variants: list[tuple[str, str, Callable[[], LoadedModel]]] = [
+        (args.dtype, args.dtype, lambda: load_model(None, "cpu", args.dtype)),
         (
             f"int8 weight-only (torchao), {args.dtype} activations",
+            args.dtype,
             lambda: _torchao_int8(load_model(None, "cpu", args.dtype)),
         ),
-        ("float32", lambda: load_model(None, "cpu", "float32")),
-        ("dynamic int8 (torch.ao), float32 activations", lambda: _dynamic_int8(load_model(None, "cpu", "float32"))),
     ]
+    if args.dtype != "float32":
+        variants.append(("float32", "float32", lambda: load_model(None, "cpu", "float32")))
+    variants.append(
+        ("dynamic int8 (torch.ao), float32", "float32", lambda: _dynamic_int8(load_model(None, "cpu", "float32")))
+    )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}"
     )
     print("| weights | batch 1 tok/s | batch 8 tok/s | vs plain, batch 1 | vs plain, batch 8 | same greedy output |")
     print("|---|---|---|---|---|---|")
-    plain: tuple[float, float, list[list[int]]] = (0.0, 0.0, [])
-    for index, (name, make) in enumerate(variants):
+    plain: dict[str, tuple[float, float, list[list[int]]]] = {}
+    for name, compared_with, make in variants:
         loaded = make()
         generate_fixed(loaded, PROMPTS[:8], 4)  # warm-up
         batch8, outputs = _timed(loaded, 8, 8, args.max_tokens)
         batch1, _ = _timed(loaded, 1, args.batch1_prompts, args.max_tokens)
-        if index % 2 == 0:
-            plain = (batch1, batch8, outputs)
+        reference = plain.setdefault(compared_with, (batch1, batch8, outputs))
         print(
-            f"| {name} | {batch1:.1f} | {batch8:.1f} | {batch1 / plain[0]:.2f}x | {batch8 / plain[1]:.2f}x "
-            f"| {_agreement(outputs, plain[2])} |",
+            f"| {name} | {batch1:.1f} | {batch8:.1f} | {batch1 / reference[0]:.2f}x | {batch8 / reference[1]:.2f}x "
+            f"| {_agreement(outputs, reference[2])} |",
             flush=True,
         )
 
