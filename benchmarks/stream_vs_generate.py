@@ -9,17 +9,14 @@ Each side runs once to warm up, then `--repeats` times; the medians are printed.
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 
 import httpx
 import torch
 from transformers.generation.streamers import BaseStreamer
 
+from server_process import running_tokserve
 from tokserve.engine import load_model
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
@@ -39,12 +36,6 @@ class _Clock(BaseStreamer):
 
     def end(self) -> None:
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _stream_once(url: str, max_tokens: int) -> tuple[float, float, int]:
@@ -86,28 +77,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tokserve", "serve", "--port", str(port), "--log-level", "warning"], env=env
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("the server did not become ready")
-            time.sleep(0.5)
+    with running_tokserve() as (url, _):
         _stream_once(url, args.max_tokens)
         streamed = _median([_stream_once(url, args.max_tokens) for _ in range(args.repeats)])
-    finally:
-        server.terminate()
-        server.wait()
 
     loaded = load_model(None, "auto", "auto")
     ids = loaded.tokenizer.apply_chat_template(
