@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -80,3 +81,26 @@ def test_streaming_on_the_gpu(
     assert len([chunk for chunk in chunks if chunk.choices and chunk.choices[0].text]) > 1  # token by token
     assert streamed == whole.choices[0].text and whole.usage.completion_tokens == 16
     assert gpu_engine.loaded.device.type == "cuda"
+
+
+@pytest.fixture(scope="module")
+def gpu_float32_engine(tiny_model: Path) -> Iterator[Engine]:
+    engine = Engine.load(str(tiny_model), device="cuda", dtype="float32")
+    yield engine
+    engine.close()
+
+
+def test_a_batch_on_the_gpu_gives_each_request_its_text_alone(
+    gpu_float32_engine: Engine, tiny_model: Path, serve_app: Callable[[FastAPI], AbstractContextManager[str]]
+) -> None:
+    """Eight prompts in one request share every step on the GPU; each gets the text it gets alone."""
+    settings = Settings(model=str(tiny_model))
+    prompts = [f"Story number {number}: once upon a time" * (1 + number % 3) for number in range(8)]
+    with (
+        serve_app(create_app(settings, engine=gpu_float32_engine)) as url,
+        openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
+    ):
+        params: dict[str, Any] = {"model": settings.model_name, "temperature": 0, "max_tokens": 16}
+        alone = [client.completions.create(prompt=prompt, **params).choices[0].text for prompt in prompts]
+        batched = client.completions.create(prompt=prompts, **params).choices
+    assert [choice.text for choice in sorted(batched, key=lambda choice: choice.index)] == alone
