@@ -7,7 +7,7 @@ import pytest
 
 from tokserve.engine import GenerationRequest, SamplingParams, TokenStream
 from tokserve.engine.scheduler import Job, Scheduler
-from tokserve.errors import Overloaded
+from tokserve.errors import NotReady, Overloaded
 
 
 @pytest.fixture
@@ -29,9 +29,9 @@ def test_fifo_and_counters(loop: asyncio.AbstractEventLoop) -> None:
     assert scheduler.counters.waiting == 2
     assert scheduler.next() is first
     assert (scheduler.counters.running, scheduler.counters.waiting) == (1, 1)
-    scheduler.done("finished")
+    scheduler.done(first, "finished")
     assert scheduler.next() is second
-    scheduler.done("failed")
+    scheduler.done(second, "failed")
     counters = scheduler.counters
     assert (counters.running, counters.waiting, counters.finished, counters.failed) == (0, 0, 1, 1)
 
@@ -53,7 +53,7 @@ def test_cancelled_waiting_jobs_are_dropped(loop: asyncio.AbstractEventLoop) -> 
     assert (scheduler.counters.waiting, scheduler.counters.cancelled) == (2, 1)
     also_gone.stream.cancel()
     assert scheduler.next() is kept
-    scheduler.done("finished")
+    scheduler.done(kept, "finished")
     assert scheduler.counters.cancelled == 2 and scheduler.counters.waiting == 0
 
 
@@ -63,3 +63,19 @@ def test_close_hands_back_waiting_jobs(loop: asyncio.AbstractEventLoop) -> None:
     scheduler.admit(waiting)
     assert scheduler.close() == [waiting]
     assert scheduler.next() is None
+    with pytest.raises(NotReady, match="draining"):
+        scheduler.admit(job(loop, "b"))
+
+
+def test_abandon_hands_back_running_and_waiting_jobs_as_failed(loop: asyncio.AbstractEventLoop) -> None:
+    """The worker thread's last act when it dies: nothing may go on waiting for it."""
+    scheduler = Scheduler(max_queue=4)
+    running, waiting = job(loop, "a"), job(loop, "b")
+    scheduler.admit(running, waiting)
+    assert scheduler.next() is running
+    assert scheduler.abandon() == [running, waiting]
+    counters = scheduler.counters
+    assert (counters.running, counters.waiting, counters.failed) == (0, 0, 2)
+    assert not scheduler.is_open and scheduler.next() is None
+    with pytest.raises(NotReady, match="unhealthy"):
+        scheduler.admit(job(loop, "c"))

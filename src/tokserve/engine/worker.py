@@ -34,7 +34,8 @@ class Worker:
 
     @property
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        """Serving: the thread runs and the scheduler still takes jobs (it stops as the thread's death begins)."""
+        return self._thread.is_alive() and self._scheduler.is_open
 
     def start(self) -> None:
         self._thread.start()
@@ -48,8 +49,15 @@ class Worker:
             self._thread.join()
 
     def _run(self) -> None:
-        while (job := self._scheduler.next()) is not None:
-            self._scheduler.done(self._serve(job))
+        try:
+            while (job := self._scheduler.next()) is not None:
+                self._scheduler.done(job, self._serve(job))
+        except BaseException:  # past the per-request handling (a WorkerFault, MemoryError): this thread ends
+            logger.critical("The worker thread died; the server is unhealthy", exc_info=True)
+        finally:
+            # Whatever is still queued or running would otherwise wait forever on a thread that is gone.
+            for job in self._scheduler.abandon():
+                job.stream.push(TokenEvent(error=NotReady("unhealthy")))
 
     def _serve(self, job: Job) -> Outcome:
         try:
@@ -67,6 +75,8 @@ class Worker:
         ends: dict[int, EndReason] = {} if request.ignore_eos else dict.fromkeys(eos_ids, "eos")
         ends |= dict.fromkeys(request.stop_token_ids, "stop_token")
         cache = DynamicCache(config=model.config)
+        if self._fault is not None:
+            self._fault.check_worker(request.prompt_ids)
         failing_step = self._fault.failing_step(request.prompt_ids) if self._fault else None
         inputs = torch.tensor([request.prompt_ids], device=device)
         for step in range(request.max_tokens):

@@ -12,6 +12,7 @@ from tokserve.config import Settings
 from tokserve.engine import Engine
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import install_error_handlers
+from tokserve.server.limits import BodySizeLimit
 from tokserve.server.routes import routers, ui
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="tokserve", lifespan=lifespan)
     app.state.tokserve = state
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     for router in routers:
         app.include_router(router)
     if not settings.no_ui:

@@ -14,9 +14,11 @@ from tokserve.errors import (
     ContextLengthExceeded,
     GenerationFailed,
     InvalidRequest,
+    LimitExceeded,
     ModelNotFound,
     NotReady,
     Overloaded,
+    RequestTooLarge,
     TokservError,
 )
 from tokserve.schemas import Error, ErrorResponse
@@ -26,6 +28,8 @@ logger = logging.getLogger(__name__)
 # Looked up along the exception's MRO, so the most specific class wins: (status, type, code).
 _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
+    RequestTooLarge: (413, "invalid_request_error", "request_too_large"),
+    LimitExceeded: (400, "invalid_request_error", "limit_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     InvalidRequest: (400, "invalid_request_error", None),
     Overloaded: (429, "rate_limit_error", "overloaded"),
@@ -64,12 +68,17 @@ def _json(status: int, body: ErrorResponse, retry_after: int | None = None) -> J
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def error_json(error: TokservError) -> JSONResponse:
+    """The HTTP response of a tokserve error, for code that answers outside the exception handlers (middleware)."""
+    status, body = error_response(error)
+    if status >= 500 and not isinstance(error, NotReady):
+        logger.error("Request failed: %s", error.message)
+    return _json(status, body, getattr(error, "retry_after", None))
+
+
 async def _tokserve_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TokservError)
-    status, body = error_response(exc)
-    if status >= 500 and not isinstance(exc, NotReady):
-        logger.error("Request failed: %s", exc.message)
-    return _json(status, body, getattr(exc, "retry_after", None))
+    return error_json(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
