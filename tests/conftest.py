@@ -4,7 +4,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +87,22 @@ def serve_with(engine: Engine) -> Callable[..., AbstractContextManager[str]]:
     return start
 
 
+@pytest.fixture(scope="session")
+def engine_with(engine: Engine) -> Callable[..., AbstractContextManager[Engine]]:
+    """Another engine with its own worker and limits, on the session's loaded model (never loaded twice):
+    `with engine_with(max_queue=16) as other`. For tests that fill its queue or kill its worker."""
+
+    @contextmanager
+    def start(**options: Any) -> Iterator[Engine]:
+        other = Engine(engine.loaded, **options)
+        try:
+            yield other
+        finally:
+            other.close()
+
+    return start
+
+
 @pytest.fixture
 def client(base_url: str) -> Iterator[openai.OpenAI]:
     # max_retries=0: the SDK retries 429 and 5xx, which would hide the errors under test.
@@ -112,6 +128,43 @@ def sse(http: httpx.Client) -> Callable[[str, dict[str, object]], list[object]]:
         return [payload if payload == "[DONE]" else json.loads(payload) for payload in payloads]
 
     return post
+
+
+@dataclass
+class Streamed:
+    """What a client saw of one streaming request: the status, Retry-After, and the JSON of every SSE event (the
+    final "[DONE]" kept as it is), or the error envelope of a refused request."""
+
+    status: int
+    retry_after: str | None
+    events: list[Any]
+
+    @property
+    def text(self) -> str:
+        return "".join(
+            choice.get("text") or choice.get("delta", {}).get("content") or ""
+            for event in self.events
+            if isinstance(event, dict)
+            for choice in event.get("choices", [])
+        )
+
+
+async def post_streaming(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Streamed:
+    """POST a streaming request and read it to its end."""
+    async with http.stream("POST", path, json={**body, "stream": True}) as response:
+        if response.status_code != 200:
+            return Streamed(
+                response.status_code, response.headers.get("retry-after"), [json.loads(await response.aread())]
+            )
+        payloads = [line.removeprefix("data: ") async for line in response.aiter_lines() if line.startswith("data: ")]
+    events = [payload if payload == "[DONE]" else json.loads(payload) for payload in payloads]
+    return Streamed(200, None, events)
+
+
+@pytest.fixture(scope="session")
+def stream_async() -> Callable[[httpx.AsyncClient, str, dict[str, Any]], Awaitable[Streamed]]:
+    """`await stream_async(http, path, body)`: a streaming request read to its end with an async client."""
+    return post_streaming
 
 
 @pytest.fixture(scope="session")
