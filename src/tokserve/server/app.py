@@ -13,6 +13,7 @@ from tokserve.engine import Engine
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import install_error_handlers
 from tokserve.server.limits import BodySizeLimit
+from tokserve.server.openapi import install_openapi
 from tokserve.server.routes import routers, ui
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.tokserve = state
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_openapi(app)
     for router in routers:
         app.include_router(router)
     if not settings.no_ui:
