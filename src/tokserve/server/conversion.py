@@ -15,6 +15,8 @@ from tokserve.server.limits import check_generation_limits, check_max_tokens, ch
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 _COMPLETIONS_MAX_TOKENS = 16
+# vLLM's threshold too.
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +172,10 @@ def _sampling(body: GenerationParams, engine: Engine) -> SamplingParams:
     bias = body.logit_bias or {}
     for key in bias:
         _check_token_id(int(key), engine, f"logit_bias.{key}")
+    temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
+        # Below it, dividing the logits overflows to inf (found by fuzzing); such a temperature is greedy anyway.
+        temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(body.top_k or 0, 0),  # vLLM's -1 and 0 both mean "all tokens"
         min_p=body.min_p or 0.0,
