@@ -122,6 +122,7 @@ def test_disconnect_storm_cancels_everything_and_leaks_nothing(
             first = http.post("/v1/completions", json=params).json()["choices"][0]["text"]
             # sse-starlette starts one shutdown watcher per loop with the first stream: part of the baseline.
             assert http.post("/v1/completions", json={**params, "stream": True}).status_code == 200
+            wait_until(lambda: engine.counters.running == 0)  # the worker counts a request just after its last token
             threads, tasks, before = threading.active_count(), probe.tasks(), engine.counters
 
             async def storm() -> list[int]:
@@ -139,7 +140,7 @@ def test_disconnect_storm_cancels_everything_and_leaks_nothing(
             assert (counters.finished, counters.failed) == (before.finished, before.failed)
             assert sum(1 for count in read if count) <= counters.cancelled - before.cancelled <= 100
             wait_until(lambda: probe.tasks() <= tasks)
-            assert threading.active_count() == threads
+            assert threading.active_count() <= threads  # a thread of an earlier test may have ended meanwhile
             streamed = [
                 chunk["choices"][0]["text"]
                 for chunk in (
