@@ -56,7 +56,7 @@ def parses_or_refuses(model: type[BaseModel], body: Any) -> BaseModel | None:
         return None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(body=BODIES)
 @pytest.mark.parametrize("model", [CreateChatCompletionRequest, CreateCompletionRequest])
 def test_any_json_body_parses_or_is_a_validation_error(model: type[BaseModel], body: dict[str, Any]) -> None:
