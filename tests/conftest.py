@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from tokserve.config import Settings
-from tokserve.engine import BatchLimits, Engine
+from tokserve.engine import Engine
 from tokserve.server import create_app, load_engine
 
 
@@ -76,20 +76,6 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def narrow_engine(engine: Engine) -> Iterator[Engine]:
-    """A second worker on the same weights: one request at a time, one place in its queue."""
-    narrow = Engine(engine.loaded, max_queue=1, limits=BatchLimits(max_running=1))
-    yield narrow
-    narrow.close()
-
-
-@pytest.fixture(scope="session")
-def narrow_url(settings: Settings, narrow_engine: Engine) -> Iterator[str]:
-    with serve(create_app(settings, engine=narrow_engine)) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
 def tokenizer(engine: Engine) -> Tokenizer:
     """The embedded model's `tokenizers` tokenizer (loading it alone from the GGUF file takes as long as the model)."""
     return engine.loaded.tokenizer.backend_tokenizer
@@ -112,6 +98,22 @@ def serve_with(engine: Engine) -> Callable[..., AbstractContextManager[str]]:
 
     def start(**overrides: object) -> AbstractContextManager[str]:
         return serve(create_app(Settings.model_validate(overrides), engine=engine))
+
+    return start
+
+
+@pytest.fixture(scope="session")
+def engine_with(engine: Engine) -> Callable[..., AbstractContextManager[Engine]]:
+    """Another engine with its own worker and limits, on the session's loaded model (never loaded twice):
+    `with engine_with(max_queue=16) as other`. For tests that fill its queue or kill its worker."""
+
+    @contextmanager
+    def start(**options: Any) -> Iterator[Engine]:
+        other = Engine(engine.loaded, **options)
+        try:
+            yield other
+        finally:
+            other.close()
 
     return start
 
@@ -141,6 +143,43 @@ def sse(http: httpx.Client) -> Callable[[str, dict[str, object]], list[object]]:
         return [payload if payload == "[DONE]" else json.loads(payload) for payload in payloads]
 
     return post
+
+
+@dataclass
+class Streamed:
+    """What a client saw of one streaming request: the status, Retry-After, and the JSON of every SSE event (the
+    final "[DONE]" kept as it is), or the error envelope of a refused request."""
+
+    status: int
+    retry_after: str | None
+    events: list[Any]
+
+    @property
+    def text(self) -> str:
+        return "".join(
+            choice.get("text") or choice.get("delta", {}).get("content") or ""
+            for event in self.events
+            if isinstance(event, dict)
+            for choice in event.get("choices", [])
+        )
+
+
+async def post_streaming(http: httpx.AsyncClient, path: str, body: dict[str, Any]) -> Streamed:
+    """POST a streaming request and read it to its end."""
+    async with http.stream("POST", path, json={**body, "stream": True}) as response:
+        if response.status_code != 200:
+            return Streamed(
+                response.status_code, response.headers.get("retry-after"), [json.loads(await response.aread())]
+            )
+        payloads = [line.removeprefix("data: ") async for line in response.aiter_lines() if line.startswith("data: ")]
+    events = [payload if payload == "[DONE]" else json.loads(payload) for payload in payloads]
+    return Streamed(200, None, events)
+
+
+@pytest.fixture(scope="session")
+def stream_async() -> Callable[[httpx.AsyncClient, str, dict[str, Any]], Awaitable[Streamed]]:
+    """`await stream_async(http, path, body)`: a streaming request read to its end with an async client."""
+    return post_streaming
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,21 @@ def test_cli_rejects_bad_settings(capsys: pytest.CaptureFixture[str]) -> None:
         main(["serve", "--replace", "no-equals-sign"])
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--replace", "a=b", "--replace", "a=c"], "tokserve: --replace: each replacement FROM may be given once"),
+        (["--max-messages", "0"], "tokserve: --max-messages: Input should be greater than or equal to 1"),
+        (["--max-tokens-cap", "many"], "tokserve: --max-tokens-cap: Input should be a valid integer"),
+    ],
+)
+def test_bad_settings_stop_the_start_with_one_line_per_flag(argv: list[str], line: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", *argv])
+    message = str(exited.value.code)
+    assert message.startswith(line) and "\n" not in message
+
+
 def test_chat_template_file_is_read_and_parsed_once(tmp_path: Path) -> None:
     good = tmp_path / "good.jinja"
     good.write_text("{% for message in messages %}{{ message['content'] }}{% endfor %}")

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from tokserve.config import Settings
 from tokserve.errors import StartupError
@@ -56,6 +57,13 @@ def _add_chat(chat: argparse.ArgumentParser) -> None:
     chat.add_argument("--max-tokens", type=int, help="Reply length limit in tokens (default: the server's)")
 
 
+def _setting_error(problem: ErrorDetails) -> str:
+    """One line per bad setting, named as its flag: `tokserve: --replace: replacement 'abc' is not ...`."""
+    name = "--" + str(problem["loc"][0]).replace("_", "-") if problem["loc"] else "settings"
+    message = problem["msg"].removeprefix("Value error, ")
+    return f"tokserve: {name}: {message} (got {problem['input']!r})"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
     if args.pop("command") == "chat":
@@ -75,7 +83,9 @@ def _serve(args: dict[str, Any]) -> None:  # argparse's namespace: untyped
         if settings.model is None:
             embedded_model_file()  # fail now, with the install command, rather than after the server started
         check_quantization(settings.quantization, settings.device)  # likewise: no GPU, or no bitsandbytes
-    except (ValidationError, StartupError) as error:
+    except ValidationError as error:
+        sys.exit("\n".join(_setting_error(problem) for problem in error.errors()))
+    except StartupError as error:
         sys.exit(f"tokserve: {error}")
     _configure_logging(settings.log_level, settings.log_format)
     serve(settings)

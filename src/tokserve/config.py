@@ -82,6 +82,22 @@ class Settings(BaseSettings):
         64, ge=0, description="Requests allowed to wait for a place in the batch; beyond it, 429 with Retry-After"
     )
     max_n: int = Field(4, ge=1, le=128, description="Most choices (`n`) one request may ask for")
+    # Request limits: a request beyond one is refused with a 400 (413 for the body) that names the flag.
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest request body in bytes; a larger one is refused (413) unread"
+    )
+    max_messages: int = Field(512, ge=1, description="Most `messages` one chat request may have")
+    max_content_chars: int = Field(
+        1_000_000, ge=1, description="Longest text in characters of one message's content, prompt or suffix"
+    )
+    max_stop_strings: int = Field(16, ge=0, description="Most `stop` strings one request may have")
+    max_stop_chars: int = Field(256, ge=1, description="Longest `stop` string in characters")
+    max_tokens_cap: int | None = Field(
+        None,
+        ge=1,
+        description="Most tokens one choice may generate; an omitted max_tokens becomes the smaller of this and "
+        "the rest of the context (default: no cap but the context)",
+    )
     chat_template: FilePath | None = Field(
         None, description="Jinja chat template file that replaces the model's own; default: the tokenizer's"
     )

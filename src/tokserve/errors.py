@@ -4,6 +4,8 @@
 TokservError(message, param=None)   status, then OpenAI type or code
 ├── InvalidRequest                  400 invalid_request_error
 │   ├── ContextLengthExceeded       400 code context_length_exceeded
+│   ├── LimitExceeded               400 code limit_exceeded (a server limit, named in the message)
+│   │   └── RequestTooLarge         413 code request_too_large
 │   └── ModelNotFound               404 code model_not_found
 ├── AuthenticationFailed            401 code invalid_api_key
 ├── Overloaded(retry_after)         429 + Retry-After
@@ -30,6 +32,14 @@ class InvalidRequest(TokservError):
 
 class ContextLengthExceeded(InvalidRequest):
     """Prompt plus requested tokens do not fit the model's context."""
+
+
+class LimitExceeded(InvalidRequest):
+    """The request is beyond one of the server's configured limits; the message names the flag."""
+
+
+class RequestTooLarge(LimitExceeded):
+    """The request body is larger than --max-body-bytes."""
 
 
 class ModelNotFound(InvalidRequest):

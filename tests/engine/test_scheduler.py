@@ -7,7 +7,7 @@ import pytest
 
 from tokserve.engine import GenerationRequest, SamplingParams, TokenStream
 from tokserve.engine.scheduler import Job, Scheduler
-from tokserve.errors import Overloaded
+from tokserve.errors import NotReady, Overloaded
 
 
 @pytest.fixture
@@ -29,8 +29,8 @@ def test_fifo_and_counters(loop: asyncio.AbstractEventLoop) -> None:
     assert scheduler.counters.waiting == 2
     assert scheduler.take(lambda _: True, wait=True) == [first, second]
     assert (scheduler.counters.running, scheduler.counters.waiting) == (2, 0)
-    scheduler.done("finished")
-    scheduler.done("failed")
+    scheduler.done(first, "finished")
+    scheduler.done(second, "failed")
     counters = scheduler.counters
     assert (counters.running, counters.waiting, counters.finished, counters.failed) == (0, 0, 1, 1)
 
@@ -52,7 +52,7 @@ def test_cancelled_waiting_jobs_are_dropped(loop: asyncio.AbstractEventLoop) -> 
     assert (scheduler.counters.waiting, scheduler.counters.cancelled) == (2, 1)
     also_gone.stream.cancel()
     assert scheduler.take(lambda _: True, wait=False) == [kept]
-    scheduler.done("finished")
+    scheduler.done(kept, "finished")
     assert scheduler.counters.cancelled == 2 and scheduler.counters.waiting == 0
 
 
@@ -62,6 +62,22 @@ def test_close_hands_back_waiting_jobs(loop: asyncio.AbstractEventLoop) -> None:
     scheduler.admit(waiting)
     assert scheduler.close() == [waiting]
     assert scheduler.take(lambda _: True, wait=True) is None
+    with pytest.raises(NotReady, match="draining"):
+        scheduler.admit(job(loop, "b"))
+
+
+def test_abandon_hands_back_running_and_waiting_jobs_as_failed(loop: asyncio.AbstractEventLoop) -> None:
+    """The worker thread's last act when it dies: nothing may go on waiting for it."""
+    scheduler = Scheduler(max_queue=4)
+    running, waiting = job(loop, "a"), job(loop, "b")
+    scheduler.admit(running, waiting)
+    assert scheduler.take(lambda each: each is running, wait=True) == [running]
+    assert scheduler.abandon() == [running, waiting]
+    counters = scheduler.counters
+    assert (counters.running, counters.waiting, counters.failed) == (0, 0, 2)
+    assert not scheduler.is_open and scheduler.take(lambda _: True, wait=True) is None
+    with pytest.raises(NotReady, match="unhealthy"):
+        scheduler.admit(job(loop, "c"))
 
 
 def test_take_stops_at_the_first_job_that_does_not_fit(loop: asyncio.AbstractEventLoop) -> None:

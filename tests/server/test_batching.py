@@ -5,15 +5,18 @@ import asyncio
 import math
 import socket
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
+from starlette.types import ASGIApp
 
 from tokserve.config import Settings
-from tokserve.engine import Engine
+from tokserve.engine import BatchLimits, Engine
+from tokserve.server import create_app
 
 PROMPTS = [
     "The capital of France is",
@@ -138,25 +141,29 @@ LONG = {"prompt": "Once upon a time", "max_tokens": 4000, "temperature": 0, "ign
 
 
 def test_beyond_the_queue_429_with_retry_after_and_a_queued_client_that_leaves_costs_nothing(
-    narrow_url: str, narrow_engine: Engine, settings: Settings, wait_until: Callable[..., None]
+    engine_with: Callable[..., AbstractContextManager[Engine]],
+    serve_app: Callable[[ASGIApp], AbstractContextManager[str]],
+    settings: Settings,
+    wait_until: Callable[..., None],
 ) -> None:
-    """The narrow server runs one request and queues one: the third gets 429; the queued one leaves unrun."""
-    wait_until(lambda: narrow_engine.counters.running == 0 and narrow_engine.counters.waiting == 0)
-    before = narrow_engine.counters
-    with httpx.Client(base_url=narrow_url, timeout=60) as http, http.stream("POST", "/v1/completions", json=LONG) as r:
-        lines = r.iter_lines()  # kept: httpx closes the response when this iterator is collected
+    """A worker that runs one request and queues one: the third gets 429; the queued one leaves unrun."""
+    with (
+        engine_with(max_queue=1, limits=BatchLimits(max_running=1)) as narrow,
+        serve_app(create_app(settings, engine=narrow)) as url,
+        httpx.Client(base_url=url, timeout=60) as http,
+        http.stream("POST", "/v1/completions", json=LONG) as first,
+    ):
+        lines = first.iter_lines()  # kept: httpx closes the response when this iterator is collected
         assert next(lines).startswith("data: ")  # the first request is generating
-        queued = _raw_post(narrow_url, httpx.Request("POST", narrow_url, json=LONG).read())
-        wait_until(lambda: narrow_engine.counters.waiting == 1)
-        client = openai.OpenAI(base_url=f"{narrow_url}/v1", api_key="x", max_retries=0)
+        queued = _raw_post(url, httpx.Request("POST", url, json=LONG).read())
+        wait_until(lambda: narrow.counters.waiting == 1)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0)
         with client, pytest.raises(openai.RateLimitError) as refused:
             client.completions.create(model=settings.model_name, prompt="Hi", max_tokens=1)
         assert refused.value.status_code == 429 and int(refused.value.response.headers["Retry-After"]) >= 1
         assert refused.value.body["type"] == "rate_limit_error"  # type: ignore[index]
         queued.close()
-        wait_until(lambda: narrow_engine.counters.waiting == 0)
-        counters = narrow_engine.counters
-        assert (counters.running, counters.cancelled) == (1, before.cancelled + 1)  # dropped while the first ran
+        wait_until(lambda: narrow.counters.waiting == 0)
+        counters = narrow.counters
+        assert (counters.running, counters.cancelled, counters.finished) == (1, 1, 0)  # dropped while the first ran
         assert next(line for line in lines if line).startswith("data: ")  # and the first goes on
-    wait_until(lambda: narrow_engine.counters.running == 0)
-    assert narrow_engine.counters.finished == before.finished

@@ -13,7 +13,7 @@ from typing import Literal
 
 from tokserve.engine.request import GenerationRequest
 from tokserve.engine.token_stream import TokenStream
-from tokserve.errors import Overloaded
+from tokserve.errors import NotReady, Overloaded
 
 Outcome = Literal["finished", "cancelled", "failed"]
 
@@ -43,19 +43,27 @@ class Scheduler:
     def __init__(self, max_queue: int) -> None:
         self._max_queue = max_queue
         self._waiting: deque[Job] = deque()
-        self._running = 0
+        self._running: list[Job] = []
         self._ended: dict[Outcome, int] = {"finished": 0, "cancelled": 0, "failed": 0}
-        self._closed = False
+        self._closed: str | None = None  # why no more jobs are taken: "draining" or "unhealthy"
         self._changed = threading.Condition()
 
     @property
     def counters(self) -> Counters:
         with self._changed:
-            return Counters(self._running, len(self._waiting), **self._ended)
+            return Counters(len(self._running), len(self._waiting), **self._ended)
+
+    @property
+    def is_open(self) -> bool:
+        with self._changed:
+            return self._closed is None
 
     def admit(self, *jobs: Job) -> None:
-        """Queue jobs (the choices of one response) together, or raise Overloaded when they do not all fit."""
+        """Queue jobs (the choices of one response) together, or raise Overloaded when they do not all fit and
+        NotReady once closed."""
         with self._changed:
+            if self._closed is not None:
+                raise NotReady(self._closed)
             if len(self._waiting) + len(jobs) > self._max_queue:
                 raise Overloaded(f"{len(self._waiting)} requests are already waiting; retry shortly.")
             self._waiting.extend(jobs)
@@ -69,20 +77,20 @@ class Scheduler:
         with self._changed:
             while True:
                 self._drop_cancelled()
-                if self._closed:
+                if self._closed is not None:
                     return None
                 taken: list[Job] = []
                 while self._waiting and fits(self._waiting[0]):
                     taken.append(self._waiting.popleft())
                 if taken or not wait or self._waiting:
-                    self._running += len(taken)
+                    self._running += taken
                     return taken
                 self._changed.wait()
 
-    def done(self, outcome: Outcome) -> None:
-        """The running job ended."""
+    def done(self, job: Job, outcome: Outcome) -> None:
+        """A running job ended."""
         with self._changed:
-            self._running -= 1
+            self._running.remove(job)
             self._ended[outcome] += 1
 
     def drop_cancelled(self) -> None:
@@ -91,10 +99,21 @@ class Scheduler:
             self._drop_cancelled()
 
     def close(self) -> list[Job]:
-        """Stop handing out jobs; return those still waiting so the caller can fail them."""
+        """Stop taking and handing out jobs (draining); return those still waiting so the caller can fail them."""
         with self._changed:
-            self._closed = True
+            self._closed = self._closed or "draining"
             left, self._waiting = list(self._waiting), deque()
+            self._changed.notify_all()
+            return left
+
+    def abandon(self) -> list[Job]:
+        """The worker thread is ending: take no more jobs, and return every job still waiting or running, counted
+        as failed, so the caller can fail them. Nothing is left to wait for a thread that is gone."""
+        with self._changed:
+            self._closed = self._closed or "unhealthy"
+            left = [*self._running, *self._waiting]
+            self._ended["failed"] += len(left)
+            self._running, self._waiting = [], deque()
             self._changed.notify_all()
             return left
 

@@ -90,7 +90,8 @@ class Worker:
 
     @property
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        """Serving: the thread runs and the scheduler still takes jobs (it stops as the thread's death begins)."""
+        return self._thread.is_alive() and self._scheduler.is_open
 
     def start(self) -> None:
         self._thread.start()
@@ -108,13 +109,18 @@ class Worker:
             with torch.inference_mode():
                 while self._step():
                     pass
+        except BaseException:  # past the per-request handling (a WorkerFault, MemoryError): this thread ends
+            logger.critical("The worker thread died; the server is unhealthy", exc_info=True)
         finally:
-            self._end_all(NotReady("draining") if self._stopping.is_set() else NotReady("unhealthy"))
+            # Whatever is still queued or running would otherwise wait forever on a thread that is gone.
+            for job in self._scheduler.abandon():
+                job.stream.push(TokenEvent(error=NotReady("unhealthy")))
 
     def _step(self) -> bool:
         """One turn of the loop; False once the scheduler is closed and nothing runs."""
         self._leave([row for row in self._rows if row.job.stream.cancelled.is_set()])
         if self._stopping.is_set():
+            self._end(self._rows + (self._prefill.rows if self._prefill else []), NotReady("draining"))
             return False
         if self._prefill is None:
             jobs = self._scheduler.take(self._fits(), wait=not self._rows)
@@ -132,6 +138,9 @@ class Worker:
         return _Admission(self._limits, self._loaded, self._rows)
 
     def _start_prefill(self, jobs: list[Job]) -> None:
+        if self._fault is not None:
+            for job in jobs:
+                self._fault.check_worker(job.request.prompt_ids)  # outside any per-request handling: ends the thread
         rows = [self._running(job) for job in jobs]
         # Each distinct prompt is read once: the choices of one request share it.
         prompts = list(dict.fromkeys(job.request.prompt_ids for job in jobs))
@@ -232,7 +241,7 @@ class Worker:
             )
         )
         if end is not None:
-            self._scheduler.done("finished")
+            self._scheduler.done(row.job, "finished")
             return False
         row.next_input = token_id
         return True
@@ -248,7 +257,7 @@ class Worker:
 
     def _finish(self, rows: Sequence[_Running]) -> None:
         for row in rows:
-            self._scheduler.done("finished" if row.job.stream.completed else "cancelled")
+            self._scheduler.done(row.job, "finished" if row.job.stream.completed else "cancelled")
 
     def _fail(self, rows: Sequence[_Running]) -> None:
         for row in rows:
@@ -256,17 +265,14 @@ class Worker:
             row.job.stream.push(
                 TokenEvent(error=GenerationFailed("Generation failed; the server log has the details."))
             )
-            self._scheduler.done("failed")
+            self._scheduler.done(row.job, "failed")
 
-    def _end_all(self, error: TokservError) -> None:
-        """The loop ended: every request still in it ends with `error`, and so does every waiting one."""
-        rows = self._rows + (self._prefill.rows if self._prefill else [])
-        self._rows, self._prefill = [], None
+    def _end(self, rows: Sequence[_Running], error: TokservError) -> None:
+        """End these requests with `error` (the server is stopping)."""
         for row in rows:
             row.job.stream.push(TokenEvent(error=error))
-            self._scheduler.done("cancelled")
-        for job in self._scheduler.close():
-            job.stream.push(TokenEvent(error=error))
+            self._scheduler.done(row.job, "cancelled")
+        self._rows, self._prefill = [], None
 
 
 class _Admission:

@@ -71,7 +71,8 @@ class GenerationParams(WireModel):
     # vLLM's extensions
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0)
+    # Bounded so that dividing or multiplying a logit by it stays finite (a tiny one overflowed, found by fuzzing).
+    repetition_penalty: float | None = Field(None, ge=0.01, le=100.0)
     min_tokens: int | None = Field(None, ge=0)
     ignore_eos: bool | None = False
     stop_token_ids: list[TokenId] | None = None

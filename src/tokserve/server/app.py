@@ -14,6 +14,8 @@ from tokserve.engine import Engine
 from tokserve.server.auth import ApiKeyMiddleware
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import install_error_handlers
+from tokserve.server.limits import BodySizeLimit
+from tokserve.server.openapi import install_openapi
 from tokserve.server.request_id import HEADER, RequestIdMiddleware
 from tokserve.server.routes import routers, ui
 
@@ -54,6 +56,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="tokserve", lifespan=lifespan)
     app.state.tokserve = state
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    install_openapi(app)
     for router in routers:
         app.include_router(router)
     if not settings.no_ui:

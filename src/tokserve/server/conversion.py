@@ -11,9 +11,12 @@ from tokserve.engine import Engine, GenerationRequest, SamplingParams
 from tokserve.errors import ContextLengthExceeded, InvalidRequest
 from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams, MessageContent
 from tokserve.server.dependencies import check_model
+from tokserve.server.limits import check_generation_limits, check_max_tokens, check_messages, check_text
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 _COMPLETIONS_MAX_TOKENS = 16
+# vLLM's threshold too.
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +48,11 @@ class _Prompt:
 
 
 def chat_plan(body: CreateChatCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
-    _check_request(body, settings)
+    check_model(body.model, settings)
+    check_generation_limits(body, settings)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    check_max_tokens(max_tokens, settings, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+    check_messages([_text(message.content) for message in body.messages], settings)
     continue_final = bool(body.continue_final_message)
     prompt_ids = engine.encode_chat(
         [_message(message.role, message.content, message.name) for message in body.messages],
@@ -55,17 +62,22 @@ def chat_plan(body: CreateChatCompletionRequest, engine: Engine, settings: Setti
         variables=body.chat_template_kwargs,
     )
     top = (body.top_logprobs or 0) if body.logprobs else None
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    return _plan("chatcmpl", [_Prompt(prompt_ids, None, "messages")], body, engine, max_tokens, top, False)
+    prompt = _Prompt(prompt_ids, None, "messages")
+    return _plan("chatcmpl", [prompt], body, engine, max_tokens, top, False, cap=settings.max_tokens_cap)
 
 
 def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
-    _check_request(body, settings)
+    check_model(body.model, settings)
+    check_generation_limits(body, settings)
+    check_max_tokens(body.max_tokens, settings, "max_tokens")
+    if body.suffix:
+        check_text(body.suffix, settings, "suffix")
     prompts = body.prompts
     plans = []
     for number, prompt in enumerate(prompts):
         param = "prompt" if len(prompts) == 1 else f"prompt.{number}"
         if isinstance(prompt, str):
+            check_text(prompt, settings, param)
             # A fill-in-the-middle prompt brings its own special tokens.
             ids = engine.encode_text(prompt, add_special_tokens=not body.suffix)
         else:
@@ -78,14 +90,9 @@ def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Set
         if body.suffix:
             ids = engine.encode_fill_in_the_middle(ids, body.suffix)
         plans.append(_Prompt(ids, echo, param))
-    max_tokens = body.max_tokens or _COMPLETIONS_MAX_TOKENS
-    return _plan("cmpl", plans, body, engine, max_tokens, body.logprobs, bool(body.echo))
-
-
-def _check_request(body: GenerationParams, settings: Settings) -> None:
-    check_model(body.model, settings)
-    if body.choices > settings.max_n:
-        raise InvalidRequest(f"n may be at most {settings.max_n} on this server (--max-n).", param="n")
+    cap = settings.max_tokens_cap
+    max_tokens = body.max_tokens or min(_COMPLETIONS_MAX_TOKENS, cap or _COMPLETIONS_MAX_TOKENS)
+    return _plan("cmpl", plans, body, engine, max_tokens, body.logprobs, bool(body.echo), cap=cap)
 
 
 def _message(role: str, content: MessageContent | None, name: str | None) -> dict[str, Any]:
@@ -109,6 +116,8 @@ def _plan(
     max_tokens: int | None,
     logprobs: int | None,
     echo_logprobs: bool,
+    *,
+    cap: int | None,
 ) -> ResponsePlan:
     """n choices per prompt, indexed prompt by prompt; with a seed, choice j of each prompt samples with seed + j."""
     response_id = f"{prefix}-{uuid.uuid4().hex}"
@@ -116,7 +125,7 @@ def _plan(
     stop_token_ids = frozenset(_check_token_ids(body.stop_token_ids or [], engine, "stop_token_ids"))
     choices: list[PlannedChoice] = []
     for prompt in prompts:
-        budget = _budget(prompt, max_tokens, engine.max_model_len)
+        budget = _budget(prompt, max_tokens, engine.max_model_len, cap)
         if sampling.min_tokens > budget:
             raise InvalidRequest(f"min_tokens may be at most max_tokens ({budget}).", param="min_tokens")
         for choice in range(body.choices):
@@ -143,11 +152,12 @@ def _plan(
     )
 
 
-def _budget(prompt: _Prompt, max_tokens: int | None, max_model_len: int) -> int:
-    """The tokens this prompt may generate: max_tokens, or the rest of the context; never past the context."""
+def _budget(prompt: _Prompt, max_tokens: int | None, max_model_len: int, cap: int | None) -> int:
+    """The tokens this prompt may generate: max_tokens, or the rest of the context within --max-tokens-cap; never
+    past the context."""
     room = max_model_len - len(prompt.ids)
     if max_tokens is None and room >= 1:
-        return room
+        return room if cap is None else min(room, cap)
     if max_tokens is None or max_tokens > room:
         asked = f"{len(prompt.ids)} in the {prompt.param}" + (f" plus {max_tokens} to generate" if max_tokens else "")
         raise ContextLengthExceeded(
@@ -162,8 +172,10 @@ def _sampling(body: GenerationParams, engine: Engine) -> SamplingParams:
     bias = body.logit_bias or {}
     for key in bias:
         _check_token_id(int(key), engine, f"logit_bias.{key}")
+    temperature = 1.0 if body.temperature is None else body.temperature
     return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
+        # Below it, dividing the logits overflows to inf (found by fuzzing); such a temperature is greedy anyway.
+        temperature=0.0 if temperature < _GREEDY_BELOW else temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=max(body.top_k or 0, 0),  # vLLM's -1 and 0 both mean "all tokens"
         min_p=body.min_p or 0.0,

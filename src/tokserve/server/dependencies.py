@@ -34,18 +34,25 @@ class ServerState:
         return self.phase
 
 
-def server_state(request: Request) -> ServerState:
+def state_of(request: Request) -> ServerState:
+    """The app's state, for code that has the request at hand (handlers, middleware)."""
     state: ServerState = request.app.state.tokserve
     return state
 
 
-def settings(request: Request) -> Settings:
-    return server_state(request).settings
+# The dependencies are coroutines although they never await: FastAPI runs plain functions in its thread pool,
+# a thread hop per request and up to 40 idle threads left behind by a burst.
+async def server_state(request: Request) -> ServerState:
+    return state_of(request)
 
 
-def ready_engine(request: Request) -> Engine:
+async def settings(request: Request) -> Settings:
+    return (await server_state(request)).settings
+
+
+async def ready_engine(request: Request) -> Engine:
     """The engine, or NotReady (503 + Retry-After) while loading, draining or unhealthy."""
-    state = server_state(request)
+    state = await server_state(request)
     if state.health != "ready" or state.engine is None:
         raise NotReady(state.health)
     return state.engine

@@ -15,13 +15,15 @@ from tokserve.errors import (
     ContextLengthExceeded,
     GenerationFailed,
     InvalidRequest,
+    LimitExceeded,
     ModelNotFound,
     NotReady,
     Overloaded,
+    RequestTooLarge,
     TokservError,
 )
 from tokserve.schemas import Error, ErrorResponse
-from tokserve.server.dependencies import server_state
+from tokserve.server.dependencies import state_of
 from tokserve.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ logger = logging.getLogger(__name__)
 # Looked up along the exception's MRO, so the most specific class wins: (status, type, code).
 _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
+    RequestTooLarge: (413, "invalid_request_error", "request_too_large"),
+    LimitExceeded: (400, "invalid_request_error", "limit_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     InvalidRequest: (400, "invalid_request_error", None),
     AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),
@@ -66,17 +70,22 @@ def error_event(error: TokservError, metrics: Metrics) -> str:
 
 
 def _json(request: Request, status: int, body: ErrorResponse, retry_after: int | None = None) -> JSONResponse:
-    server_state(request).metrics.error(body.error.type, body.error.code)
+    state_of(request).metrics.error(body.error.type, body.error.code)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def error_json(request: Request, error: TokservError) -> JSONResponse:
+    """The HTTP response of a tokserve error, counted in the metrics; also for middleware that answers itself."""
+    status, body = error_response(error)
+    if status >= 500 and not isinstance(error, NotReady):
+        logger.error("Request failed: %s", error.message)
+    return _json(request, status, body, getattr(error, "retry_after", None))
+
+
 async def _tokserve_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TokservError)
-    status, body = error_response(exc)
-    if status >= 500 and not isinstance(exc, NotReady):
-        logger.error("Request failed: %s", exc.message)
-    return _json(request, status, body, getattr(exc, "retry_after", None))
+    return error_json(request, exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

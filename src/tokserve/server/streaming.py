@@ -20,7 +20,7 @@ from tokserve.errors import NotReady, TokservError
 from tokserve.schemas import CompletionUsage, GenerationParams, WireModel
 from tokserve.server.chunks import Chunks, Finish, Logprob, Piece
 from tokserve.server.conversion import PlannedChoice, ResponsePlan
-from tokserve.server.dependencies import server_state
+from tokserve.server.dependencies import state_of
 from tokserve.server.drain import Drain
 from tokserve.server.errors import ClientDisconnected, error_event
 from tokserve.server.request_id import request_id
@@ -56,7 +56,7 @@ async def respond(
     The request is counted in flight (`Drain`) until its answer is complete; if the drain timeout runs out first,
     it ends with NotReady("draining"): a 503 before the stream started, an error event after.
     """
-    state = server_state(http_request)
+    state = state_of(http_request)
     decoders = [engine.decoder(choice.request) for choice in plan.choices]
     buffers = [StreamBuffer(replacements=settings.replace, stop=list(plan.stop) or None) for _ in plan.choices]
     # Submitted last: from here on every way out must cancel the requests.

@@ -3,16 +3,21 @@
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
-from tokserve.schemas import CreateCompletionRequest, WireModel
+from tokserve.schemas import CreateCompletionRequest, CreateCompletionResponse, WireModel
 from tokserve.server.chunks import CompletionChunks
 from tokserve.server.conversion import completion_plan
 from tokserve.server.dependencies import EngineDep, SettingsDep
+from tokserve.server.openapi import generation_responses
 from tokserve.server.streaming import respond
 
 router = APIRouter()
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses=generation_responses(CreateCompletionResponse, CreateCompletionResponse),
+)
 async def create_completion(
     body: CreateCompletionRequest, http_request: Request, engine: EngineDep, settings: SettingsDep
 ) -> EventSourceResponse | WireModel:
