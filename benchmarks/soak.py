@@ -13,10 +13,7 @@ Exits 1 when it does not, or on any unintended error.
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -24,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from server_process import running_tokserve
 
 GROWTH_LIMIT = 0.05
 
@@ -33,13 +32,6 @@ def resident_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -141,22 +133,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tokserve", "serve", "--port", str(port), "--log-level", "warning"]
-    command += ["--max-queue", str(args.max_queue)]
-    server = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                sys.exit("the server did not become ready")
-            time.sleep(1)
+    with running_tokserve(["--max-queue", str(args.max_queue)]) as (url, server):
         loaded = resident_bytes(server.pid)
         warm_up = Tally()
         asyncio.run(load(url, args.warm_up, args.clients, args.seed, warm_up))
@@ -167,9 +144,6 @@ def main() -> None:
         elapsed = time.monotonic() - began
         end = resident_bytes(server.pid)
         healthy = httpx.get(f"{url}/health").json()
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
     growth = (end - start) / start
     loaded_mib, start_mib, end_mib = (reading / 2**20 for reading in (loaded, start, end))
