@@ -75,3 +75,15 @@ def test_rows_joined_repeated_and_dropped_match_each_alone(
     assert greedy(loaded, batch, logits) == [alone[2], alone[1], alone[1]]
     batch.select([])
     assert len(batch) == 0 and batch.width == 0
+
+
+def test_a_group_whose_rows_all_ended_joins_as_nothing(
+    loaded: LoadedModel, prompts: list[list[int]], alone: list[list[int]]
+) -> None:
+    """Every request of a prefilled group may end at its first token: the running rows go on untouched."""
+    batch, logits = prefill(loaded, prompts[:1])
+    ended, _ = prefill(loaded, prompts[1:3])
+    ended.select([])
+    batch.extend(ended)
+    assert batch.lengths == [len(prompts[0])]
+    assert greedy(loaded, batch, logits) == [alone[0]]

@@ -78,6 +78,8 @@ class PaddedBatch:
 
     def extend(self, other: "PaddedBatch") -> None:
         """Take in the rows of `other` (whose cache is filled), after the rows already here."""
+        if not other.lengths:  # every row of a prefilled group may end at its first token
+            return
         if not self.lengths:
             self.cache, self.mask, self.lengths = other.cache, other.mask, list(other.lengths)
             return
