@@ -1,5 +1,6 @@
 """`tokserve chat` in a pseudo-terminal against the real server: turns, /reset, Ctrl-C, one-shot mode."""
 
+import signal
 import socket
 import subprocess
 import sys
@@ -19,9 +20,11 @@ def command(base_url: str, *options: str) -> list[str]:
     return [sys.executable, "-m", "tokserve", "chat", "--base-url", f"{base_url}/v1", *options]
 
 
-def spawn(base_url: str, *options: str) -> pexpect.spawn:
+def spawn(base_url: str, *options: str, ignoring_sigint: bool = False) -> pexpect.spawn:
+    """`tokserve chat` in a pseudo-terminal; `ignoring_sigint`: started by a parent that ignores SIGINT."""
     executable, *arguments = command(base_url, *options)
-    child = pexpect.spawn(executable, arguments, encoding="utf-8", timeout=60)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignoring_sigint else None
+    child = pexpect.spawn(executable, arguments, encoding="utf-8", timeout=60, preexec_fn=ignore)
     child.expect_exact("> ")
     return child
 
@@ -73,7 +76,8 @@ def test_ctrl_c_stops_the_reply_and_the_generation(
 ) -> None:
     wait_until(lambda: engine.counters.running == 0)  # the worker counts a request just after its last token
     before = engine.counters
-    child = spawn(base_url, "--temperature", "0", "--max-tokens", "4000")
+    # Started as some process managers (and this test run, at times) start it: with SIGINT ignored.
+    child = spawn(base_url, "--temperature", "0", "--max-tokens", "4000", ignoring_sigint=True)
     child.sendline("Tell me a long story about a dragon.")
     child.expect_exact("dragon.\r\n")  # the terminal's echo
     # A word of the reply: the reply is streaming. (A bare \w can match readline's bracketed-paste escape sequence,

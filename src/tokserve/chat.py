@@ -1,6 +1,7 @@
 """`tokserve chat`: a terminal client of a running server through the `openai` SDK, printing each reply as it
 streams. A thin client of the HTTP API: no torch and nothing of the server is imported here."""
 
+import signal
 import sys
 from typing import TextIO
 
@@ -65,6 +66,8 @@ def chat(
     max_tokens: int | None,
 ) -> int:
     """Run `tokserve chat`; return the exit status."""
+    # Ctrl-C stops a reply even when the parent process ignored SIGINT (Python then keeps it ignored at start-up).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip()  # one-shot from a pipe: `echo question | tokserve chat`
