@@ -64,10 +64,15 @@ class PaddedBatch:
         """
         columns = ids.shape[1]
         if start + columns > self.width:
+            # Decoding: each row's new token sits at its own count of real tokens; no pass over the mask.
             self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), columns)], dim=1)
-        mask = self.mask[:, : start + columns]
-        positions = (mask.cumsum(dim=1) - 1).clamp_min(0)[:, start:]
-        self.lengths = [int(length) for length in mask.sum(dim=1).tolist()]
+            positions = torch.tensor(self.lengths, device=self._device)[:, None]
+            self.lengths = [length + columns for length in self.lengths]
+            mask = self.mask
+        else:
+            mask = self.mask[:, : start + columns]
+            positions = (mask.cumsum(dim=1) - 1).clamp_min(0)[:, start:]
+            self.lengths = [int(length) for length in mask.sum(dim=1).tolist()]
         padded = any(length != start + columns for length in self.lengths)
         return {
             "input_ids": ids,
