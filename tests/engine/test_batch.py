@@ -29,7 +29,7 @@ def prefill(
     with torch.inference_mode():
         for start in range(0, ids.shape[1], chunk):
             inputs = batch.forward_inputs(ids[:, start : start + chunk], start)
-            logits = loaded.model(**inputs, logits_to_keep=1).logits[:, -1]
+            logits = loaded.logits(inputs, batch.cache, logits_to_keep=1)[:, -1]
     return batch, logits
 
 
@@ -40,7 +40,8 @@ def greedy(loaded: LoadedModel, batch: PaddedBatch, logits: torch.Tensor, steps:
             chosen = logits.argmax(dim=-1)
             for row, token in enumerate(chosen.tolist()):
                 tokens[row].append(token)
-            logits = loaded.model(**batch.forward_inputs(chosen[:, None], batch.width), logits_to_keep=1).logits[:, -1]
+            inputs = batch.forward_inputs(chosen[:, None], batch.width)
+            logits = loaded.logits(inputs, batch.cache, logits_to_keep=1)[:, -1]
     return tokens
 
 

@@ -57,7 +57,8 @@ class PaddedBatch:
         return batch, ids
 
     def forward_inputs(self, ids: torch.Tensor, start: int) -> dict[str, object]:
-        """Model inputs for the columns `start..start+ids.shape[1]` of a prompt batch, or one new token per row.
+        """Model inputs, but for `cache`, for the columns `start..start+ids.shape[1]` of a prompt batch, or one new
+        token per row.
 
         For a prompt batch (`of_prompts`), the mask already spans the whole prompt width; for decoding it grows by
         one column of ones. Without padding, the mask is left out: attention is then plainly causal, as alone.
@@ -78,7 +79,6 @@ class PaddedBatch:
             "input_ids": ids,
             "attention_mask": mask if padded else None,
             "position_ids": positions,
-            "past_key_values": self.cache,
         }
 
     def extend(self, other: "PaddedBatch") -> None:

@@ -3,6 +3,7 @@ device and dtype, and what the rest of the engine needs to know about them."""
 
 import importlib.metadata
 import importlib.util
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
+    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -34,6 +36,13 @@ class LoadedModel:
     device: torch.device
     max_model_len: int
     eos_ids: frozenset[int]
+    cache_argument: str  # the forward argument that takes the KV cache: see `_cache_argument`
+
+    def logits(self, inputs: dict[str, object], cache: DynamicCache, logits_to_keep: int) -> torch.Tensor:
+        """One forward pass over `inputs` that reads and extends `cache`; logits of the last `logits_to_keep`
+        positions (0: all)."""
+        arguments = {**inputs, self.cache_argument: cache}
+        return self.model(**arguments, logits_to_keep=logits_to_keep).logits  # type: ignore[no-any-return]
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -138,6 +147,7 @@ def load_model(
         device=model.device if device_map else target,
         max_model_len=int(model.config.max_position_embeddings),
         eos_ids=_eos_ids(model, tokenizer),
+        cache_argument=_cache_argument(model),
     )
 
 
@@ -178,6 +188,13 @@ def _locate(source: str | None) -> tuple[str, str | None]:
             raise StartupError(f"No such GGUF file: {path}")
         return str(path.parent), path.name
     return str(source), None
+
+
+def _cache_argument(model: PreTrainedModel) -> str:
+    """`cache` where the model's forward takes it (transformers 5.24 on), else `past_key_values`: 5.24 deprecates
+    the old name and 5.40 removes it, while the GPU image has 5.17, which knows only the old one. Asked of the
+    signature, not the version, so a model not yet moved to the new name keeps working."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

@@ -170,7 +170,7 @@ class Worker:
         inputs = prefill.batch.forward_inputs(ids, prefill.done)
         try:
             # logits_to_keep=1 spares the prefill a (prompt length x vocabulary) tensor; 0 keeps every position.
-            logits = self._loaded.model(**inputs, logits_to_keep=0 if prefill.every_position else 1).logits
+            logits = self._loaded.logits(inputs, prefill.batch.cache, logits_to_keep=0 if prefill.every_position else 1)
         except Exception:
             self._prefill = None
             self._fail(prefill.rows)
@@ -195,9 +195,8 @@ class Worker:
         """One forward step for every running request together."""
         tokens = torch.tensor([[row.next_input] for row in self._rows], device=self._loaded.device)
         try:
-            logits = self._loaded.model(
-                **self._batch.forward_inputs(tokens, self._batch.width), logits_to_keep=1
-            ).logits
+            inputs = self._batch.forward_inputs(tokens, self._batch.width)
+            logits = self._loaded.logits(inputs, self._batch.cache, logits_to_keep=1)
         except Exception:
             self._fail(self._rows)
             self._rows = []
