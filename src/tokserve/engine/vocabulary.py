@@ -4,10 +4,11 @@ A token may hold part of a character (byte-level BPE splits 日 in two), so its 
 not from decoding it alone; such a token's text is written `bytes:\\xe6\\x97`, as OpenAI writes it.
 """
 
+import json
 import re
 from functools import cache
 
-from tokenizers import Tokenizer, decoders
+from tokenizers import Tokenizer
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _METASPACE = "\u2581"
@@ -20,7 +21,7 @@ class Vocabulary:
         self._tokenizer = tokenizer
         self.size = tokenizer.get_vocab_size(with_added_tokens=True)
         self._added = {token_id: token.content for token_id, token in tokenizer.get_added_tokens_decoder().items()}
-        self._byte_level = isinstance(tokenizer.decoder, decoders.ByteLevel)
+        self._byte_level = _decodes_byte_level(tokenizer)
         self._cache: dict[int, tuple[str, bytes | None]] = {}
 
     def token(self, token_id: int) -> tuple[str, bytes | None]:
@@ -49,6 +50,14 @@ class Vocabulary:
         piece = self._tokenizer.id_to_token(token_id) or ""
         # SentencePiece decoders drop the leading space of a sequence's first word; a lone token is such a word.
         return " " + text if piece.startswith(_METASPACE) and not text.startswith(" ") else text
+
+
+def _decodes_byte_level(tokenizer: Tokenizer) -> bool:
+    """Whether the decoder maps GPT-2's byte alphabet back to bytes: alone, or as one step of a `Sequence` (as in
+    transformers 5.17's tokenizer of the embedded GGUF). Read from the tokenizer's JSON: a `Sequence` decoder does
+    not show its steps to Python."""
+    decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+    return any(step.get("type") == "ByteLevel" for step in decoder.get("decoders", [decoder]))
 
 
 def _text(raw: bytes) -> str:
