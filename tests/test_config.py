@@ -55,7 +55,14 @@ def test_no_ui_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_served_model_name(model: str | None, served: str | None, name: str) -> None:
-    assert Settings(model=model, served_model_name=served).model_name == name
+    assert Settings(model=model, **({"served_model_name": served} if served else {})).model_name == name
+
+
+def test_several_served_names_the_first_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKSERVE_SERVED_MODEL_NAME", "tiny, gpt-4o-mini")
+    assert Settings().model_names == ["tiny", "gpt-4o-mini"]
+    flags = Settings(served_model_name=["a", "b", "a"])
+    assert (flags.model_names, flags.model_name) == (["a", "b"], "a")
 
 
 def test_cli_help_lists_flags_but_not_the_fault_hook(capsys: pytest.CaptureFixture[str]) -> None:

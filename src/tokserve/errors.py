@@ -6,7 +6,8 @@ TokservError(message, param=None)   status, then OpenAI type or code
 │   ├── ContextLengthExceeded       400 code context_length_exceeded
 │   ├── LimitExceeded               400 code limit_exceeded (a server limit, named in the message)
 │   │   └── RequestTooLarge         413 code request_too_large
-│   └── ModelNotFound               404 code model_not_found
+│   ├── ModelNotFound               404 code model_not_found
+│   └── HostNotAllowed              400 code host_not_allowed (the Host header, against DNS rebinding)
 ├── AuthenticationFailed            401 code invalid_api_key
 ├── Overloaded(retry_after)         429 + Retry-After
 ├── NotReady(state)                 503 + Retry-After (loading, draining, unhealthy)
@@ -44,6 +45,10 @@ class RequestTooLarge(LimitExceeded):
 
 class ModelNotFound(InvalidRequest):
     """The request names a model this server does not serve."""
+
+
+class HostNotAllowed(InvalidRequest):
+    """The request's Host header names a host this server does not answer for."""
 
 
 class AuthenticationFailed(TokservError):

@@ -24,8 +24,10 @@ def test_chunk_shape(sse: Callable[..., list[Any]]) -> None:
         {"prompt": "Once upon a time", "max_tokens": 3, "stream_options": {"include_usage": True}},
     )
     assert done == "[DONE]"
-    assert set(chunks[0]) == {"id", "object", "created", "model", "system_fingerprint", "choices", "usage"}
+    # OpenAI's schema has no null usage here: the key is on the usage chunk only.
+    assert set(chunks[0]) == {"id", "object", "created", "model", "system_fingerprint", "choices"}
     assert chunks[0]["object"] == "text_completion"
+    assert chunks[0]["system_fingerprint"].startswith("fp_")
     assert set(chunks[0]["choices"][0]) == {"index", "text", "logprobs", "finish_reason", "stop_reason"}
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 3

@@ -144,3 +144,38 @@ def test_streamed_completion_logprobs_continue_where_the_last_chunk_ended(
     assert streamed["text_offset"] == whole["text_offset"]
     assert streamed["token_logprobs"][0] is None
     assert streamed["token_logprobs"][1:] == pytest.approx(whole["token_logprobs"][1:], abs=1e-5)
+
+
+def test_the_token_that_ends_the_text_is_counted_and_listed_with_no_text(
+    http: httpx.Client, engine: Engine, sse: Callable[..., list[Any]]
+) -> None:
+    """usage counts the end-of-sequence or stop token; its logprobs entry is there too, with text ""."""
+    chat = http.post(
+        "/v1/chat/completions",
+        json={
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "temperature": 0,
+            "max_tokens": 60,
+            "logprobs": True,
+        },
+    ).json()
+    choice = chat["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", None)  # ended by end-of-sequence
+    entries = choice["logprobs"]["content"]
+    assert len(entries) == chat["usage"]["completion_tokens"]
+    assert (entries[-1]["token"], entries[-1]["bytes"]) == ("", [])
+    assert "".join(entry["token"] for entry in entries) == choice["message"]["content"]
+
+    body = {"prompt": "Once upon a time", "temperature": 0, "max_tokens": 6, "logprobs": 1}
+    plain = http.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["tokens"]
+    stop_id = engine.encode_text(plain[2], add_special_tokens=False)  # the third token ends the text now
+    assert len(stop_id) == 1
+    stopped = http.post("/v1/completions", json={**body, "stop_token_ids": stop_id}).json()
+    legacy = stopped["choices"][0]["logprobs"]
+    assert stopped["usage"]["completion_tokens"] == len(legacy["tokens"]) == len(legacy["token_logprobs"]) == 3
+    assert legacy["tokens"] == [*plain[:2], ""]
+    assert stopped["choices"][0]["text"] == "".join(plain[:2])
+    *chunks, done = sse("/v1/completions", {**body, "stop_token_ids": stop_id})
+    assert done == "[DONE]"
+    streamed = [token for chunk in chunks for token in (chunk["choices"][0]["logprobs"] or {}).get("tokens", [])]
+    assert streamed == legacy["tokens"]

@@ -44,6 +44,8 @@ class Engine:
         self.max_model_len = max_model_len or loaded.max_model_len
         self._fill_in_the_middle = FillInTheMiddle.of(loaded.tokenizer.backend_tokenizer)
         self.vocabulary = Vocabulary(loaded.tokenizer.backend_tokenizer)
+        self.system_fingerprint = loaded.system_fingerprint
+        self.max_queue = max_queue
         self._scheduler = Scheduler(max_queue)
         fault = FaultHook(fault_marker, loaded.tokenizer.backend_tokenizer) if fault_marker else None
         self._worker = Worker(loaded, self._scheduler, limits or BatchLimits(), fault)

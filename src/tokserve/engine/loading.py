@@ -1,9 +1,11 @@
 """Model loading: where the weights are (a hub id, a directory, a .gguf file, or the embedded default), on which
 device and dtype, and what the rest of the engine needs to know about them."""
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -52,6 +54,24 @@ class LoadedModel:
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return int(2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize)
+
+    @property
+    def system_fingerprint(self) -> str:
+        """OpenAI's `system_fingerprint`: the same for two responses only if what shapes the output was the same
+        (versions, weights, dtype, device, quantization, prefix caching), so a client that relies on `seed` sees
+        when reproducibility cannot hold."""
+        backend = {
+            "tokserve": importlib.metadata.version("tokserve"),
+            "transformers": importlib.metadata.version("transformers"),
+            "torch": torch.__version__,
+            "model": self.model.config.name_or_path,
+            "dtype": str(self.model.dtype),
+            "device": self.device.type,
+            "quantization": repr(getattr(self.model.config, "quantization_config", None)),
+            "prefix_caching": False,
+        }
+        digest = hashlib.sha256(json.dumps(backend, sort_keys=True, default=str).encode()).hexdigest()
+        return f"fp_{digest[:12]}"
 
 
 def embedded_model_file() -> Path:

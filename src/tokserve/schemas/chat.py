@@ -178,7 +178,7 @@ class CreateChatCompletionStreamResponse(WireModel):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
     model: str
-    system_fingerprint: None = None
+    system_fingerprint: str
     choices: list[ChatCompletionStreamChoice]
     usage: CompletionUsage | None = None
 
@@ -202,6 +202,6 @@ class CreateChatCompletionResponse(WireModel):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    system_fingerprint: None = None
+    system_fingerprint: str
     choices: list[ChatCompletionChoice]
     usage: CompletionUsage

@@ -83,6 +83,6 @@ class CreateCompletionResponse(WireModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    system_fingerprint: None = None
+    system_fingerprint: str
     choices: list[CompletionChoice]
     usage: CompletionUsage | None = None

@@ -48,6 +48,13 @@ def invalid(param: str, message: str, kind: str = "invalid_request") -> Pydantic
     return PydanticCustomError(kind, message, {"param": param})
 
 
+_NO_CONSTRAINTS = "constrained decoding is not supported by this server yet"
+
+
+def _is_zero(value: object) -> bool:
+    return value is None or value == 0  # llama.cpp's `mirostat: 0` is off
+
+
 class ChatCompletionStreamOptions(WireModel):
     include_usage: bool = False
 
@@ -66,8 +73,11 @@ class GenerationParams(WireModel):
     stop: str | list[str] | None = Field(None, min_length=1)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    # JSON object keys are strings: token ids written in decimal.
-    logit_bias: dict[Annotated[str, Field(pattern=r"^\d+$")], Annotated[float, Field(ge=-100, le=100)]] | None = None
+    # JSON object keys are strings: token ids in ASCII decimal (a regex's \d takes any script's digits), short
+    # enough for int() (it refuses 4,301 digits or more) and for any vocabulary.
+    logit_bias: (
+        dict[Annotated[str, Field(pattern=r"^[0-9]{1,10}$")], Annotated[float, Field(ge=-100, le=100)]] | None
+    ) = None
     # vLLM's extensions
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
@@ -78,13 +88,25 @@ class GenerationParams(WireModel):
     stop_token_ids: list[TokenId] | None = None
     include_stop_str_in_output: bool | None = False
     skip_special_tokens: bool | None = True
+    # Extensions of vLLM and llama.cpp's server that change the output, not implemented: refused by name, so that
+    # a client moving from them gets an error instead of unconstrained text.
+    guided_json: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    guided_regex: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    guided_choice: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    guided_grammar: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    structured_outputs: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    grammar: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    json_schema: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    prompt_logprobs: Annotated[Any, refuse_unless("prompt_logprobs is not supported by this server")] = None
+    bad_words: Annotated[Any, refuse_unless("bad_words is not supported by this server")] = None
+    mirostat: Annotated[Any, refuse_unless("mirostat sampling is not supported by this server", _is_zero)] = None
+    use_beam_search: Annotated[Any, refuse_unless("beam search is not supported by this server")] = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.stream_options is not None and not self.stream:
             raise invalid("stream_options", "stream_options is only allowed when stream is true")
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        if any(not stop for stop in stops):
+        if any(not stop for stop in self.stop_list):
             raise invalid("stop", "stop strings must not be empty")
         return self
 
@@ -97,10 +119,14 @@ class GenerationParams(WireModel):
         return self.stream_options is not None and self.stream_options.include_usage
 
     @property
+    def stop_list(self) -> list[str]:
+        """The stop strings as sent (each counts against --max-stop-strings, repeated or not)."""
+        return [self.stop] if isinstance(self.stop, str) else self.stop or []
+
+    @property
     def stop_strings(self) -> list[str]:
         """The stop strings, once each."""
-        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
-        return list(dict.fromkeys(stops))
+        return list(dict.fromkeys(self.stop_list))
 
 
 class CompletionUsage(WireModel):

@@ -13,11 +13,12 @@ from tokserve.config import Settings
 from tokserve.engine import Engine
 from tokserve.server.auth import ApiKeyMiddleware
 from tokserve.server.dependencies import ServerState
-from tokserve.server.errors import install_error_handlers
+from tokserve.server.errors import UnexpectedErrors, install_error_handlers
 from tokserve.server.limits import BodySizeLimit
 from tokserve.server.openapi import install_openapi
 from tokserve.server.request_id import HEADER, RequestIdMiddleware
-from tokserve.server.routes import routers, ui
+from tokserve.server.routes import docs, routers, ui
+from tokserve.server.security import SecurityMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.close)
 
-    app = FastAPI(title="tokserve", lifespan=lifespan)
+    # FastAPI's /docs and /redoc load their scripts from a CDN; routes/docs.py serves its own copies, if asked.
+    app = FastAPI(title="tokserve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tokserve = state
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
@@ -62,16 +64,21 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         app.include_router(router)
     if not settings.no_ui:
         app.include_router(ui.router)
+    if settings.docs:
+        app.include_router(docs.router)
     _add_middleware(app, state)
     return app
 
 
 def _add_middleware(app: FastAPI, state: ServerState) -> None:
-    """Outermost last: CORS answers preflights before the key check, and the request id is on every response."""
+    """Outermost last: CORS answers preflights before the key check, the Host check comes before both, and the
+    request id is on every response, a 500 from an unexpected error included."""
     settings = state.settings
     app.add_middleware(
         ApiKeyMiddleware, keys=settings.api_keys, protect_metrics=settings.protect_metrics, metrics=state.metrics
     )
+    app.add_middleware(UnexpectedErrors)
+    app.add_middleware(SecurityMiddleware, settings=settings)
     app.add_middleware(RequestIdMiddleware)
     if settings.cors_origins:
         app.add_middleware(

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokserve.errors import AuthenticationFailed
+from tokserve.errors import AuthenticationFailed, InvalidRequest, TokservError
 from tokserve.server.errors import error_response
 from tokserve.server.metrics import Metrics
 
@@ -28,7 +28,7 @@ class ApiKeyMiddleware:
         if scope["type"] != "http" or not self._needs_key(scope["path"]) or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        error = self._check(dict(scope["headers"]).get(b"authorization"))
+        error = self._check([value for name, value in scope["headers"] if name == b"authorization"])
         if error is None:
             await self.app(scope, receive, send)
             return
@@ -43,8 +43,10 @@ class ApiKeyMiddleware:
         # Only the API: /health has no user data, and the chat page at / asks for the key itself.
         return bool(self._keys) and path.startswith("/v1/")
 
-    def _check(self, authorization: bytes | None) -> AuthenticationFailed | None:
-        scheme, _, sent = (authorization or b"").partition(b" ")
+    def _check(self, authorizations: list[bytes]) -> TokservError | None:
+        if len(authorizations) > 1:  # proxies and servers disagree on which one counts: none does
+            return InvalidRequest(f"The request has {len(authorizations)} Authorization headers; send one.")
+        scheme, _, sent = (authorizations[0] if authorizations else b"").partition(b" ")
         if scheme.lower() != b"bearer" or not sent.strip():
             return AuthenticationFailed("Missing API key: send it as `Authorization: Bearer KEY`.")
         # Every key is compared, so the time taken says nothing about which one, if any, came close.

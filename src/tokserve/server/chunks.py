@@ -7,7 +7,7 @@ arrive as token ids with `TokenLogprobs`; the engine's `Vocabulary` gives their 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from tokserve.engine import TokenLogprobs, Vocabulary
 from tokserve.schemas import (
@@ -31,8 +31,15 @@ from tokserve.schemas import (
 # OpenAI's stand-in for a log-probability too small to write (JSON has no -Infinity).
 _UNLIKELY = -9999.0
 
-# A token id and its logprobs; None for the first prompt token, which has nothing before it.
-Logprob = tuple[int, TokenLogprobs | None]
+
+class Logprob(NamedTuple):
+    """A token id and its logprobs (None for the first prompt token, which has nothing before it)."""
+
+    token_id: int
+    entry: TokenLogprobs | None
+    # The token that ended generation (end-of-sequence, a stop token id) adds no text, so its entry's text is "";
+    # it is listed all the same, as usage counts it.
+    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +72,18 @@ class Chunks(Protocol):
 class ChatChunks:
     """`chat.completion.chunk` objects and the `chat.completion` response."""
 
-    def __init__(self, request_id: str, model: str, vocabulary: Vocabulary, logprobs: bool) -> None:
-        self._id, self._model, self._created = request_id, model, int(time.time())
+    def __init__(self, request_id: str, model: str, fingerprint: str, vocabulary: Vocabulary, logprobs: bool) -> None:
+        self._id, self._model, self._created, self._fingerprint = request_id, model, int(time.time()), fingerprint
         self._vocabulary, self._logprobs = vocabulary, logprobs
 
     def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: CompletionUsage | None = None) -> str:
         return CreateChatCompletionStreamResponse(
-            id=self._id, created=self._created, model=self._model, choices=choices, usage=usage
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            system_fingerprint=self._fingerprint,
+            choices=choices,
+            usage=usage,
         ).model_dump_json()
 
     def start(self, index: int) -> str:
@@ -103,6 +115,7 @@ class ChatChunks:
             id=self._id,
             created=self._created,
             model=self._model,
+            system_fingerprint=self._fingerprint,
             choices=[
                 ChatCompletionChoice(
                     index=piece.index,
@@ -120,8 +133,10 @@ class ChatChunks:
         if not self._logprobs:
             return None
         content = []
-        for token_id, entry in logprobs:
+        for token_id, entry, silent in logprobs:
             chosen = self._top(token_id, entry.logprob if entry else _UNLIKELY)
+            if silent:
+                chosen = TopLogprob(token="", logprob=chosen.logprob, bytes=[])
             alternatives = [self._top(top_id, logprob) for top_id, logprob in entry.top] if entry else []
             content.append(ChatCompletionTokenLogprob(**dict(chosen), top_logprobs=alternatives))
         return ChatCompletionChoiceLogprobs(content=content)
@@ -137,8 +152,8 @@ class CompletionChunks:
     Logprobs take the legacy shape; `text_offset` counts characters of the token texts from the choice's start.
     """
 
-    def __init__(self, request_id: str, model: str, vocabulary: Vocabulary, logprobs: bool) -> None:
-        self._id, self._model, self._created = request_id, model, int(time.time())
+    def __init__(self, request_id: str, model: str, fingerprint: str, vocabulary: Vocabulary, logprobs: bool) -> None:
+        self._id, self._model, self._created, self._fingerprint = request_id, model, int(time.time()), fingerprint
         self._vocabulary, self._logprobs = vocabulary, logprobs
         self._offsets: dict[int, int] = {}  # per choice, where the next token's text starts
 
@@ -146,7 +161,12 @@ class CompletionChunks:
         self, choices: list[CompletionChoice], usage: CompletionUsage | None = None
     ) -> CreateCompletionResponse:
         return CreateCompletionResponse(
-            id=self._id, created=self._created, model=self._model, choices=choices, usage=usage
+            id=self._id,
+            created=self._created,
+            model=self._model,
+            system_fingerprint=self._fingerprint,
+            choices=choices,
+            usage=usage,
         )
 
     def start(self, index: int) -> None:
@@ -154,13 +174,17 @@ class CompletionChunks:
 
     def content(self, piece: Piece) -> str:
         choice = CompletionChoice(index=piece.index, text=piece.text, logprobs=self._legacy_logprobs(piece))
-        return self._object([choice]).model_dump_json()
+        return self._chunk(choice)
 
     def finish(self, finish: Finish) -> str:
         choice = CompletionChoice(
             index=finish.index, text="", finish_reason=finish.reason, stop_reason=finish.stop_reason
         )
-        return self._object([choice]).model_dump_json()
+        return self._chunk(choice)
+
+    def _chunk(self, choice: CompletionChoice) -> str:
+        # The schema has no null `usage` (chat's has): the key is only on the usage chunk.
+        return self._object([choice]).model_dump_json(exclude={"usage"})
 
     def usage(self, usage: CompletionUsage) -> str:
         return self._object([], usage).model_dump_json()
@@ -185,8 +209,8 @@ class CompletionChunks:
             return None
         result = CompletionLogprobs(text_offset=[], token_logprobs=[], tokens=[], top_logprobs=[])
         offset = self._offsets.get(piece.index, 0)
-        for token_id, entry in piece.logprobs:
-            text = self._vocabulary.token(token_id)[0]
+        for token_id, entry, silent in piece.logprobs:
+            text = "" if silent else self._vocabulary.token(token_id)[0]
             result.text_offset.append(offset)
             result.tokens.append(text)
             offset += len(text)

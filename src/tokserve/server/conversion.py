@@ -1,5 +1,10 @@
 """Wire requests to engine requests, one function per endpoint: model check, prompt ids, token budget, sampling,
-and one GenerationRequest per choice (`n` per prompt)."""
+and one GenerationRequest per choice (`n` per prompt).
+
+They block (chat templates and tokenizers take time in proportion to the request, ~0.5 s for a million
+characters), so routes run them in a thread: other requests' streams never wait for them, and the limits are
+checked before that work.
+"""
 
 import uuid
 from collections.abc import Sequence
@@ -11,7 +16,14 @@ from tokserve.engine import Engine, GenerationRequest, SamplingParams
 from tokserve.errors import ContextLengthExceeded, InvalidRequest
 from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams, MessageContent
 from tokserve.server.dependencies import check_model
-from tokserve.server.limits import check_generation_limits, check_max_tokens, check_messages, check_text
+from tokserve.server.limits import (
+    check_generation_limits,
+    check_max_tokens,
+    check_messages,
+    check_prompts,
+    check_queue_room,
+    check_text,
+)
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 _COMPLETIONS_MAX_TOKENS = 16
@@ -33,6 +45,7 @@ class ResponsePlan:
     """A request in engine terms: its choices, and what applies to all of them."""
 
     response_id: str
+    model: str  # the served name the request used
     choices: tuple[PlannedChoice, ...]
     prompt_tokens: int  # each prompt once, however many choices it has (usage)
     stop: tuple[str, ...]
@@ -48,10 +61,12 @@ class _Prompt:
 
 
 def chat_plan(body: CreateChatCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
-    check_model(body.model, settings)
+    """Blocking (the template and the tokenizer): the route runs it in a thread."""
+    model = check_model(body.model, settings)
     check_generation_limits(body, settings)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    check_max_tokens(max_tokens, settings, "max_completion_tokens" if body.max_completion_tokens else "max_tokens")
+    max_tokens_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    check_max_tokens(max_tokens, settings, max_tokens_param)
     check_messages([_text(message.content) for message in body.messages], settings)
     continue_final = bool(body.continue_final_message)
     prompt_ids = engine.encode_chat(
@@ -63,16 +78,19 @@ def chat_plan(body: CreateChatCompletionRequest, engine: Engine, settings: Setti
     )
     top = (body.top_logprobs or 0) if body.logprobs else None
     prompt = _Prompt(prompt_ids, None, "messages")
-    return _plan("chatcmpl", [prompt], body, engine, max_tokens, top, False, cap=settings.max_tokens_cap)
+    budget = _Budget(max_tokens, max_tokens_param, settings.max_tokens_cap)
+    return _plan("chatcmpl", model, [prompt], body, engine, budget, top, False)
 
 
 def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
-    check_model(body.model, settings)
+    """Blocking (the tokenizer): the route runs it in a thread."""
+    model = check_model(body.model, settings)
     check_generation_limits(body, settings)
     check_max_tokens(body.max_tokens, settings, "max_tokens")
     if body.suffix:
         check_text(body.suffix, settings, "suffix")
     prompts = body.prompts
+    check_prompts(len(prompts), settings)
     plans = []
     for number, prompt in enumerate(prompts):
         param = "prompt" if len(prompts) == 1 else f"prompt.{number}"
@@ -92,7 +110,9 @@ def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Set
         plans.append(_Prompt(ids, echo, param))
     cap = settings.max_tokens_cap
     max_tokens = body.max_tokens or min(_COMPLETIONS_MAX_TOKENS, cap or _COMPLETIONS_MAX_TOKENS)
-    return _plan("cmpl", plans, body, engine, max_tokens, body.logprobs, bool(body.echo), cap=cap)
+    return _plan(
+        "cmpl", model, plans, body, engine, _Budget(max_tokens, "max_tokens", cap), body.logprobs, bool(body.echo)
+    )
 
 
 def _message(role: str, content: MessageContent | None, name: str | None) -> dict[str, Any]:
@@ -108,32 +128,42 @@ def _text(content: MessageContent | None) -> str:
     return "\n".join(part.text for part in content)
 
 
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """What the request asks to generate, under which name, and --max-tokens-cap."""
+
+    max_tokens: int | None
+    param: str
+    cap: int | None
+
+
 def _plan(
     prefix: str,
+    model: str,
     prompts: Sequence[_Prompt],
     body: GenerationParams,
     engine: Engine,
-    max_tokens: int | None,
+    budget: _Budget,
     logprobs: int | None,
     echo_logprobs: bool,
-    *,
-    cap: int | None,
 ) -> ResponsePlan:
     """n choices per prompt, indexed prompt by prompt; with a seed, choice j of each prompt samples with seed + j."""
+    # Every choice waits in the queue at first: more than it holds could never be admitted, however long one waits.
+    check_queue_room(len(prompts) * body.choices, engine.max_queue, "n" if len(prompts) == 1 else "prompt")
     response_id = f"{prefix}-{uuid.uuid4().hex}"
     sampling = _sampling(body, engine)
     stop_token_ids = frozenset(_check_token_ids(body.stop_token_ids or [], engine, "stop_token_ids"))
     choices: list[PlannedChoice] = []
     for prompt in prompts:
-        budget = _budget(prompt, max_tokens, engine.max_model_len, cap)
-        if sampling.min_tokens > budget:
-            raise InvalidRequest(f"min_tokens may be at most max_tokens ({budget}).", param="min_tokens")
+        tokens = _tokens(prompt, budget, engine.max_model_len)
+        if sampling.min_tokens > tokens:
+            raise InvalidRequest(f"min_tokens may be at most {budget.param} ({tokens}).", param="min_tokens")
         for choice in range(body.choices):
             index = len(choices)
             request = GenerationRequest(
                 f"{response_id}-{index}",
                 tuple(prompt.ids),
-                budget,
+                tokens,
                 sampling if body.seed is None else replace(sampling, seed=body.seed + choice),
                 stop_token_ids=stop_token_ids,
                 ignore_eos=bool(body.ignore_eos),
@@ -144,6 +174,7 @@ def _plan(
             choices.append(PlannedChoice(index, request, prompt.echo))
     return ResponsePlan(
         response_id,
+        model,
         tuple(choices),
         prompt_tokens=sum(len(prompt.ids) for prompt in prompts),
         stop=tuple(body.stop_strings),
@@ -152,9 +183,10 @@ def _plan(
     )
 
 
-def _budget(prompt: _Prompt, max_tokens: int | None, max_model_len: int, cap: int | None) -> int:
+def _tokens(prompt: _Prompt, budget: _Budget, max_model_len: int) -> int:
     """The tokens this prompt may generate: max_tokens, or the rest of the context within --max-tokens-cap; never
     past the context."""
+    max_tokens, cap = budget.max_tokens, budget.cap
     room = max_model_len - len(prompt.ids)
     if max_tokens is None and room >= 1:
         return room if cap is None else min(room, cap)
@@ -162,8 +194,8 @@ def _budget(prompt: _Prompt, max_tokens: int | None, max_model_len: int, cap: in
         asked = f"{len(prompt.ids)} in the {prompt.param}" + (f" plus {max_tokens} to generate" if max_tokens else "")
         raise ContextLengthExceeded(
             f"This model's maximum context length is {max_model_len} tokens; the request needs more ({asked}). "
-            f"Shorten the {prompt.param} or lower max_tokens.",
-            param=prompt.param if max_tokens is None or len(prompt.ids) >= max_model_len else "max_tokens",
+            f"Shorten the {prompt.param} or lower {budget.param}.",
+            param=prompt.param if max_tokens is None or len(prompt.ids) >= max_model_len else budget.param,
         )
     return max_tokens
 

@@ -58,10 +58,15 @@ async def ready_engine(request: Request) -> Engine:
     return state.engine
 
 
-def check_model(name: str | None, settings: Settings) -> None:
-    """A request may omit `model` or name the served model; any other name is a 404."""
-    if name is not None and name != settings.model_name:
-        raise ModelNotFound(f"The model '{name}' does not exist; this server serves '{settings.model_name}'.", "model")
+def check_model(name: str | None, settings: Settings) -> str:
+    """The served name a response shows: the one the request names, or the default when it names none; any other
+    name is a 404."""
+    if name is None:
+        return settings.model_name
+    if name not in settings.model_names:
+        served = ", ".join(f"'{served}'" for served in settings.model_names)
+        raise ModelNotFound(f"The model '{name}' does not exist; this server serves {served}.", "model")
+    return name
 
 
 StateDep = Annotated[ServerState, Depends(server_state)]

@@ -2,6 +2,7 @@
 `data: {"error": ...}` event after it did."""
 
 import logging
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,11 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokserve.errors import (
     AuthenticationFailed,
     ContextLengthExceeded,
     GenerationFailed,
+    HostNotAllowed,
     InvalidRequest,
     LimitExceeded,
     ModelNotFound,
@@ -34,6 +37,7 @@ _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     RequestTooLarge: (413, "invalid_request_error", "request_too_large"),
     LimitExceeded: (400, "invalid_request_error", "limit_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    HostNotAllowed: (400, "invalid_request_error", "host_not_allowed"),
     InvalidRequest: (400, "invalid_request_error", None),
     AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),
     Overloaded: (429, "rate_limit_error", "overloaded"),
@@ -41,6 +45,13 @@ _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     GenerationFailed: (500, "server_error", None),
     TokservError: (500, "server_error", None),
 }
+
+
+# An unexpected error is logged with its innermost frames only (where it failed; a RecursionError has a thousand
+# alike), cut to this many characters: one request must not be able to flood the log.
+_TRACEBACK_FRAMES = 20
+_MAX_LOGGED_CHARS = 8_000
+_UNEXPECTED = ErrorResponse(error=Error(message="Internal server error.", type="server_error"))
 
 
 class ClientDisconnected(Exception):
@@ -64,7 +75,15 @@ def error_response(error: TokservError) -> tuple[int, ErrorResponse]:
 
 def error_event(error: TokservError, metrics: Metrics) -> str:
     """The SSE data of an error after the stream started (counted in `metrics`)."""
-    body = error_response(error)[1]
+    return _event(error_response(error)[1], metrics)
+
+
+def unexpected_event(metrics: Metrics) -> str:
+    """The SSE data of an error no handler expected, after the stream started (counted in `metrics`)."""
+    return _event(_UNEXPECTED, metrics)
+
+
+def _event(body: ErrorResponse, metrics: Metrics) -> str:
     metrics.error(body.error.type, body.error.code)
     return body.model_dump_json()
 
@@ -127,7 +146,9 @@ def _holds(node: Any, part: int | str) -> bool:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return _json(request, exc.status_code, ErrorResponse(error=Error(message=str(exc.detail), type=kind)))
+    response = _json(request, exc.status_code, ErrorResponse(error=Error(message=str(exc.detail), type=kind)))
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 async def _client_disconnected(request: Request, _: Exception) -> JSONResponse:
@@ -135,9 +156,43 @@ async def _client_disconnected(request: Request, _: Exception) -> JSONResponse:
     return _json(request, 499, _invalid("The client disconnected."))
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("Unexpected error", exc_info=exc)
-    return _json(request, 500, ErrorResponse(error=Error(message="Internal server error.", type="server_error")))
+def log_unexpected(error: BaseException) -> None:
+    """Log an error no handler expected, once, with a bounded traceback."""
+    text = "".join(traceback.format_exception(error, limit=-_TRACEBACK_FRAMES, chain=False))
+    if len(text) > _MAX_LOGGED_CHARS:
+        half = _MAX_LOGGED_CHARS // 2
+        text = f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
+    logger.error("Unexpected error: %s", text.rstrip())
+
+
+class UnexpectedErrors:
+    """ASGI middleware: an exception no handler took becomes a 500 envelope (if the response has not started) and
+    one bounded log record.
+
+    Not an `Exception` handler: Starlette's ServerErrorMiddleware runs those and then re-raises, so uvicorn logged
+    the whole traceback a second time.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as error:
+            log_unexpected(error)
+            if not started:  # else the response is cut short, which the client sees
+                await _json(Request(scope), 500, _UNEXPECTED)(scope, receive, send)
 
 
 def _invalid(message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
@@ -149,4 +204,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientDisconnected, _client_disconnected)
-    app.add_exception_handler(Exception, _unexpected_error)

@@ -22,7 +22,7 @@ from tokserve.server.chunks import Chunks, Finish, Logprob, Piece
 from tokserve.server.conversion import PlannedChoice, ResponsePlan
 from tokserve.server.dependencies import state_of
 from tokserve.server.drain import Drain
-from tokserve.server.errors import ClientDisconnected, error_event
+from tokserve.server.errors import ClientDisconnected, error_event, log_unexpected, unexpected_event
 from tokserve.server.request_id import request_id
 from tokserve.server.request_record import RequestRecord
 
@@ -61,7 +61,7 @@ async def respond(
     buffers = [StreamBuffer(replacements=settings.replace, stop=list(plan.stop) or None) for _ in plan.choices]
     # Submitted last: from here on every way out must cancel the requests.
     streams = engine.submit_all([choice.request for choice in plan.choices])  # raises Overloaded or NotReady
-    record = RequestRecord(request_id(http_request), settings.model_name, plan.prompt_tokens, state.metrics)
+    record = RequestRecord(request_id(http_request), plan.model, plan.prompt_tokens, state.metrics)
     generations = [
         _Generation(choice, plan, tokens, decoder, buffer, record)
         for choice, tokens, decoder, buffer in zip(plan.choices, streams, decoders, buffers, strict=True)
@@ -101,7 +101,8 @@ async def _safe_text(
     """One choice: the echoed prompt (never through the buffer), text safe to show, then one Finish.
 
     A generation error is raised. The token that ends generation (end-of-sequence or a stop token id) adds no
-    text unless `include_stop_str_in_output`; each token that adds text adds its logprobs when asked.
+    text unless `include_stop_str_in_output`; every generated token, that one included, adds its logprobs when
+    asked, as usage counts it.
     """
     choice, plan, decoder, buffer = generation.choice, generation.plan, generation.decoder, generation.buffer
     event = first if first is not None else await anext(events)
@@ -111,7 +112,8 @@ async def _safe_text(
     last_token_at = time.monotonic()
     if choice.echo is not None:
         prompt = choice.request.prompt_ids
-        logprobs = tuple(zip(prompt, (None, *(event.prompt_logprobs or ())), strict=True)) if plan.logprobs else ()
+        entries = (None, *(event.prompt_logprobs or ()))
+        logprobs = tuple(map(Logprob, prompt, entries)) if plan.logprobs else ()
         if choice.echo or logprobs:
             yield Piece(choice.index, choice.echo, logprobs)
     count = 0
@@ -122,9 +124,10 @@ async def _safe_text(
         assert event.token_id is not None
         count += 1
         text = ""
-        if event.end not in ("eos", "stop_token") or plan.include_stop_str_in_output:
-            if plan.logprobs:
-                pending.append((event.token_id, event.logprobs))
+        shown = event.end not in ("eos", "stop_token") or plan.include_stop_str_in_output
+        if plan.logprobs:
+            pending.append(Logprob(event.token_id, event.logprobs, silent=not shown))
+        if shown:
             text = buffer.put(decoder.step(event.token_id))
         if buffer.stopped:
             generation.tokens.stop()  # the worker ends it at its next step; usage counts the token that completed it
@@ -200,6 +203,10 @@ async def _sse(
     except TokservError as error:  # the response has started: the error must travel in-band
         failure = "error"
         yield error_event(error, record.metrics)
+    except Exception as error:  # a bug of ours: in-band too, never a stream cut without [DONE]
+        failure = "error"
+        log_unexpected(error)
+        yield unexpected_event(record.metrics)
     finally:
         _cancel(streams)  # stop string, disconnect or normal end alike: the worker drops them at its next step
         record.end(failure)

@@ -1,5 +1,7 @@
 """POST /v1/chat/completions: HTTP in, the engine's public API, a response out."""
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from sse_starlette import EventSourceResponse
 
@@ -26,6 +28,7 @@ router = APIRouter()
 async def create_chat_completion(
     body: CreateChatCompletionRequest, http_request: Request, engine: EngineDep, settings: SettingsDep
 ) -> EventSourceResponse | WireModel:
-    plan = chat_plan(body, engine, settings)  # raises ModelNotFound, ContextLengthExceeded, InvalidRequest
-    chunks = ChatChunks(plan.response_id, settings.model_name, engine.vocabulary, plan.logprobs)
+    # Off the event loop, as conversion.py says. Raises ModelNotFound, LimitExceeded, ContextLengthExceeded.
+    plan = await asyncio.to_thread(chat_plan, body, engine, settings)
+    chunks = ChatChunks(plan.response_id, plan.model, engine.system_fingerprint, engine.vocabulary, plan.logprobs)
     return await respond(http_request, engine, settings, body, plan, chunks)

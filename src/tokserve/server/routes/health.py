@@ -8,7 +8,7 @@ from tokserve.server.dependencies import StateDep
 router = APIRouter()
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what some uptime checkers send
 async def health(state: StateDep) -> JSONResponse:
     status = state.health
     if status == "ready":

@@ -15,7 +15,7 @@ _ASSETS = {"chat.js": "text/javascript", "chat.css": "text/css"}
 _POLICY = "default-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 
-@router.get("/")
+@router.api_route("/", methods=["GET", "HEAD"])
 async def chat_page() -> FileResponse:
     return FileResponse(_STATIC / "index.html", media_type="text/html", headers={"Content-Security-Policy": _POLICY})
 
