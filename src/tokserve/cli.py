@@ -98,6 +98,16 @@ def _configure_logging(level: str, log_format: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.getLogger("uvicorn.access").addFilter(_without_query_string)
+
+
+def _without_query_string(record: logging.LogRecord) -> bool:
+    """uvicorn's access log line without the query string: a key sent as `?api_key=` never reaches the log."""
+    # uvicorn logs '%s - "%s %s HTTP/%s" %d' with (client, method, path and query, HTTP version, status).
+    if isinstance(record.args, tuple) and len(record.args) == 5:
+        client, method, target, version, status = record.args
+        record.args = (client, method, str(target).split("?", 1)[0], version, status)
+    return True
 
 
 class _JsonFormatter(logging.Formatter):

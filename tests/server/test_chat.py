@@ -37,10 +37,10 @@ def test_chunks_have_openai_shape_and_end_with_done(sse: Callable[..., list[Any]
     assert {(chunk["id"], chunk["created"], chunk["object"]) for chunk in chunks} == {
         (chunks[0]["id"], chunks[0]["created"], "chat.completion.chunk")
     }
-    assert chunks[0]["id"].startswith("chatcmpl-")
+    assert chunks[0]["id"].startswith("chatcmpl-") and chunks[0]["system_fingerprint"].startswith("fp_")
     for chunk in chunks:
         assert chunk["model"] == "SmolLM2-135M-Instruct"
-        assert chunk["system_fingerprint"] is None and chunk["usage"] is None
+        assert chunk["system_fingerprint"] == chunks[0]["system_fingerprint"] and chunk["usage"] is None
         (choice,) = chunk["choices"]
         assert choice["index"] == 0 and choice["logprobs"] is None
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}

@@ -68,6 +68,10 @@ def test_context_length_exceeded(client: openai.OpenAI, settings: Settings) -> N
         "context_length_exceeded",
         "max_tokens",
     )
+    with pytest.raises(openai.BadRequestError) as raised:  # the field the request used is the one named
+        client.chat.completions.create(model=settings.model_name, messages=HELLO, max_completion_tokens=9000)
+    assert envelope(raised.value)["param"] == "max_completion_tokens"
+    assert "lower max_completion_tokens" in envelope(raised.value)["message"]
     with pytest.raises(openai.BadRequestError) as raised:
         client.completions.create(model=settings.model_name, prompt="hello " * 9000)
     assert (envelope(raised.value)["code"], envelope(raised.value)["param"]) == ("context_length_exceeded", "prompt")

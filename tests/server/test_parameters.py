@@ -190,3 +190,38 @@ def test_readme_table_lists_every_openai_parameter_as_it_is_treated() -> None:
     openai_ignored = set(IGNORED) & (set(CHAT_PARAMETERS) | set(COMPLETION_PARAMETERS))
     assert {name for name in openai_ignored if table[name] != "ignored"} == set()
     assert table["best_of"] == "refused" and table["suffix"] == "supported"
+
+
+# vLLM's and llama.cpp's extensions that would change the output, not implemented here: refused by name, so that a
+# client moving from them learns it instead of getting unconstrained text.
+REFUSED_EXTENSIONS = {
+    "guided_json": {"type": "object"},
+    "guided_regex": "[a-z]+",
+    "guided_choice": ["yes", "no"],
+    "guided_grammar": 'root ::= "yes"',
+    "structured_outputs": {"choice": ["yes", "no"]},
+    "grammar": 'root ::= "yes"',
+    "json_schema": {"type": "object"},
+    "prompt_logprobs": 1,
+    "bad_words": ["sea"],
+    "mirostat": 2,
+    "use_beam_search": True,
+}
+
+
+@pytest.mark.parametrize(("name", "value"), REFUSED_EXTENSIONS.items())
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_output_changing_extensions_are_refused_by_name(
+    http: httpx.Client, path: str, name: str, value: object
+) -> None:
+    body = {"messages": HELLO} if path == "/v1/chat/completions" else {"prompt": "Once upon a time"}
+    refused = http.post(path, json={**body, "max_tokens": 1, name: value})
+    assert refused.status_code == 400
+    assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == (name, "unsupported_parameter")
+    off = {"mirostat": 0, "use_beam_search": False, "bad_words": [], "guided_choice": None}.get(name)
+    assert http.post(path, json={**body, "max_tokens": 1, name: off}).status_code == 200
+
+
+def test_readme_lists_the_refused_extensions() -> None:
+    table = readme_parameters()
+    assert {name: table.get(name) for name in REFUSED_EXTENSIONS} == dict.fromkeys(REFUSED_EXTENSIONS, "refused")

@@ -8,7 +8,8 @@ from tokserve.server.dependencies import StateDep
 router = APIRouter()
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])  # HEAD: what some uptime checkers send
+@router.get("/health")
+@router.head("/health", include_in_schema=False)  # what some uptime checkers send
 async def health(state: StateDep) -> JSONResponse:
     status = state.health
     if status == "ready":
