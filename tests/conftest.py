@@ -259,13 +259,19 @@ class TokserveProcess:
 
 
 @contextmanager
-def tokserve_process(log: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[TokserveProcess]:
+def tokserve_process(
+    log: Path, *flags: str, env: dict[str, str] | None = None, preexec_fn: Callable[[], object] | None = None
+) -> Iterator[TokserveProcess]:
     """Run the installed `tokserve serve` on a free loopback port until /health says ready (300 s at most)."""
     port = free_port()
     command = [str(Path(sys.executable).parent / "tokserve"), "serve", "--port", str(port), *flags]
     with log.open("wb") as output:
         process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+            preexec_fn=preexec_fn,
         )
     server = TokserveProcess(f"http://127.0.0.1:{port}", process, log)
     try:

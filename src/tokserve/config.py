@@ -144,6 +144,16 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(
         30.0, ge=0, description="Seconds streams in flight may take to finish after SIGTERM before they are ended"
     )
+    # Connections (issue 13): idle or trickling sockets must not hold the server.
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="Most connections open at once; one more closes the connection waiting longest for a request "
+        "head; default: 4096, never more than the open-file limit less 64",
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a connection, new or kept alive, has to send a whole request head"
+    )
     fault_marker: str | None = Field(
         None,
         description="Testing only, env TOKSERVE_FAULT_MARKER: a prompt containing MARKER fails in prefill, "
