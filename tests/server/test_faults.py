@@ -1,5 +1,6 @@
 """Faults: one request's failure inside generation fails that request only, while others run beside it; a worker
-thread that dies is reported (/health `unhealthy`, 503 for new requests) and nothing waits on it for ever."""
+thread that dies is reported (/health `unhealthy`, 503 for new requests) and nothing waits on it for ever. That
+`tokserve serve` then exits with status 1 for its supervisor is tested on a real process in test_serve_process.py."""
 
 import asyncio
 from collections.abc import Awaitable, Callable, Iterator

@@ -7,7 +7,7 @@ arrive as token ids with `TokenLogprobs`; the engine's `Vocabulary` gives their 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypedDict
 
 from tokserve.engine import TokenLogprobs, Vocabulary
 from tokserve.schemas import (
@@ -69,22 +69,28 @@ class Chunks(Protocol):
     def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> WireModel: ...
 
 
-class ChatChunks:
-    """`chat.completion.chunk` objects and the `chat.completion` response."""
+class _Stamp(TypedDict):
+    """The fields every object of one response repeats."""
+
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str
+
+
+class _ResponseObjects:
+    """What both shapes share: one stamp for every object of the response, and how logprobs are read."""
 
     def __init__(self, request_id: str, model: str, fingerprint: str, vocabulary: Vocabulary, logprobs: bool) -> None:
-        self._id, self._model, self._created, self._fingerprint = request_id, model, int(time.time()), fingerprint
+        self._stamp = _Stamp(id=request_id, created=int(time.time()), model=model, system_fingerprint=fingerprint)
         self._vocabulary, self._logprobs = vocabulary, logprobs
 
+
+class ChatChunks(_ResponseObjects):
+    """`chat.completion.chunk` objects and the `chat.completion` response."""
+
     def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: CompletionUsage | None = None) -> str:
-        return CreateChatCompletionStreamResponse(
-            id=self._id,
-            created=self._created,
-            model=self._model,
-            system_fingerprint=self._fingerprint,
-            choices=choices,
-            usage=usage,
-        ).model_dump_json()
+        return CreateChatCompletionStreamResponse(**self._stamp, choices=choices, usage=usage).model_dump_json()
 
     def start(self, index: int) -> str:
         delta = ChatCompletionStreamResponseDelta(role="assistant", content="")
@@ -112,10 +118,7 @@ class ChatChunks:
 
     def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> CreateChatCompletionResponse:
         return CreateChatCompletionResponse(
-            id=self._id,
-            created=self._created,
-            model=self._model,
-            system_fingerprint=self._fingerprint,
+            **self._stamp,
             choices=[
                 ChatCompletionChoice(
                     index=piece.index,
@@ -146,28 +149,20 @@ class ChatChunks:
         return TopLogprob(token=text, logprob=max(logprob, _UNLIKELY), bytes=None if raw is None else list(raw))
 
 
-class CompletionChunks:
+class CompletionChunks(_ResponseObjects):
     """`text_completion` objects, streamed or whole: the same shape either way.
 
     Logprobs take the legacy shape; `text_offset` counts characters of the token texts from the choice's start.
     """
 
     def __init__(self, request_id: str, model: str, fingerprint: str, vocabulary: Vocabulary, logprobs: bool) -> None:
-        self._id, self._model, self._created, self._fingerprint = request_id, model, int(time.time()), fingerprint
-        self._vocabulary, self._logprobs = vocabulary, logprobs
+        super().__init__(request_id, model, fingerprint, vocabulary, logprobs)
         self._offsets: dict[int, int] = {}  # per choice, where the next token's text starts
 
     def _object(
         self, choices: list[CompletionChoice], usage: CompletionUsage | None = None
     ) -> CreateCompletionResponse:
-        return CreateCompletionResponse(
-            id=self._id,
-            created=self._created,
-            model=self._model,
-            system_fingerprint=self._fingerprint,
-            choices=choices,
-            usage=usage,
-        )
+        return CreateCompletionResponse(**self._stamp, choices=choices, usage=usage)
 
     def start(self, index: int) -> None:
         return None
