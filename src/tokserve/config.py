@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     header_timeout: float = Field(
         10.0, gt=0, description="Seconds a connection, new or kept alive, has to send a whole request head"
     )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request body has to arrive whole once its head has (408 after that)"
+    )
     fault_marker: str | None = Field(
         None,
         description="Testing only, env TOKSERVE_FAULT_MARKER: a prompt containing MARKER fails in prefill, "

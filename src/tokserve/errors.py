@@ -5,7 +5,8 @@ TokservError(message, param=None)   status, then OpenAI type or code
 ├── InvalidRequest                  400 invalid_request_error
 │   ├── ContextLengthExceeded       400 code context_length_exceeded
 │   ├── LimitExceeded               400 code limit_exceeded (a server limit, named in the message)
-│   │   └── RequestTooLarge         413 code request_too_large
+│   │   ├── RequestTooLarge         413 code request_too_large
+│   │   └── BodyTimeout             408 code request_timeout (the body took longer than --body-timeout)
 │   ├── ModelNotFound               404 code model_not_found
 │   └── HostNotAllowed              400 code host_not_allowed (the Host header, against DNS rebinding)
 ├── AuthenticationFailed            401 code invalid_api_key
@@ -41,6 +42,10 @@ class LimitExceeded(InvalidRequest):
 
 class RequestTooLarge(LimitExceeded):
     """The request body is larger than --max-body-bytes."""
+
+
+class BodyTimeout(LimitExceeded):
+    """The request body did not arrive whole within --body-timeout seconds."""
 
 
 class ModelNotFound(InvalidRequest):

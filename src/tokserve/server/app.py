@@ -14,7 +14,7 @@ from tokserve.engine import Engine
 from tokserve.server.auth import ApiKeyMiddleware
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import UnexpectedErrors, install_error_handlers
-from tokserve.server.limits import BodySizeLimit
+from tokserve.server.limits import BodyLimits
 from tokserve.server.openapi import install_openapi
 from tokserve.server.request_id import HEADER, RequestIdMiddleware
 from tokserve.server.routes import docs, routers, ui
@@ -58,7 +58,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app = FastAPI(title="tokserve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tokserve = state
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     install_openapi(app)
     for router in routers:
         app.include_router(router)

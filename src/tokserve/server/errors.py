@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokserve.errors import (
     AuthenticationFailed,
+    BodyTimeout,
     ContextLengthExceeded,
     GenerationFailed,
     HostNotAllowed,
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded"),
     RequestTooLarge: (413, "invalid_request_error", "request_too_large"),
+    BodyTimeout: (408, "invalid_request_error", "request_timeout"),
     LimitExceeded: (400, "invalid_request_error", "limit_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
     HostNotAllowed: (400, "invalid_request_error", "host_not_allowed"),

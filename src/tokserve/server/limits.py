@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokserve.config import Settings
-from tokserve.errors import InvalidRequest, LimitExceeded, RequestTooLarge
+from tokserve.errors import BodyTimeout, InvalidRequest, LimitExceeded, RequestTooLarge, TokservError
 from tokserve.schemas import GenerationParams
 from tokserve.server.errors import error_json
 
@@ -29,18 +29,21 @@ _NOT_BRACKETS = bytes(set(range(256)) - _OPENING - _CLOSING)
 _SCAN_IN_THREAD = 10_000
 
 
-class BodySizeLimit:
-    """ASGI middleware: a body over `max_bytes` gets a 413 envelope, and no more of it than that is read; JSON
-    nested deeper than MAX_JSON_DEPTH gets a 400.
+class BodyLimits:
+    """ASGI middleware: a body over `max_bytes` gets a 413 envelope, and no more of it than that is read; one that
+    has not arrived whole within `timeout` seconds gets a 408; JSON nested deeper than MAX_JSON_DEPTH gets a 400.
 
     A declared Content-Length over the limit is refused before reading anything. Otherwise the body is read here,
     chunk by chunk, up to the limit, then handed to the app unchanged; later `receive` calls (the disconnect the
-    routes watch for) go straight through.
+    routes watch for) go straight through. The 413 and the 408 close the connection: what is left of the body must
+    not be read as a next request, and a client trickling it must not keep the connection (uvicorn restarts its
+    keep-alive timer at every byte).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,27 +51,22 @@ class BodySizeLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, self._too_large())
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client left before sending it all: the app sees that
-                first = message
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-                if await _nests_too_deep(first["body"]):
-                    error = LimitExceeded(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.")
-                    await error_json(Request(scope), error)(scope, receive, send)
-                    return
-                break
+        try:
+            async with asyncio.timeout(self.timeout):
+                first = await self._read(receive)
+        except TimeoutError:
+            error = BodyTimeout(f"The request body did not arrive within {self.timeout:g} s (--body-timeout).")
+            await self._refuse(scope, receive, send, error)
+            return
+        if first is None:
+            await self._refuse(scope, receive, send, self._too_large())
+            return
+        if first["type"] == "http.request" and await _nests_too_deep(first["body"]):
+            too_deep = LimitExceeded(f"The request body nests JSON deeper than {MAX_JSON_DEPTH} levels.")
+            await error_json(Request(scope), too_deep)(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -80,11 +78,30 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = RequestTooLarge(
+    async def _read(self, receive: Receive) -> Message | None:
+        """The whole body as one message, the disconnect if the client left first, None past `max_bytes`."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending it all: the app sees that
+                return message
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return None
+            if not message.get("more_body", False):
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+    def _too_large(self) -> RequestTooLarge:
+        return RequestTooLarge(
             f"The request body is larger than {self.max_bytes} bytes, this server's limit (--max-body-bytes)."
         )
-        await error_json(Request(scope), error)(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, error: TokservError) -> None:
+        response = error_json(Request(scope), error)
+        response.headers["Connection"] = "close"
+        await response(scope, receive, send)
 
 
 async def _nests_too_deep(body: bytes) -> bool:

@@ -17,6 +17,7 @@ _ERRORS: dict[int | str, str] = {
     400: "Malformed JSON, a field missing, mistyped or out of range, a server limit exceeded (`code` "
     "`limit_exceeded`), or prompt plus max_tokens beyond the context (`context_length_exceeded`)",
     404: "Another model than the one served",
+    408: "A body that did not arrive whole within --body-timeout (`request_timeout`)",
     413: "A body larger than --max-body-bytes (`request_too_large`)",
     429: "Too many requests waiting (--max-queue); retry after the `Retry-After` seconds",
     500: "Generation failed",
@@ -55,7 +56,7 @@ def generation_responses(response: type[BaseModel], chunk: type[BaseModel]) -> d
         "description": f"`{response.__name__}`, or with `stream` an SSE stream of `{chunk.__name__}` events",
         "content": {"text/event-stream": {"itemSchema": event}},
     }
-    return {200: ok, **error_responses(400, 404, 413, 429, 500, 503)}
+    return {200: ok, **error_responses(400, 404, 408, 413, 429, 500, 503)}
 
 
 def install_openapi(app: FastAPI) -> None:
