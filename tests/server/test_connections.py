@@ -118,12 +118,10 @@ class Attack:
                     self._trickling[index] = self._open()
 
 
-def health_seconds(url: str) -> float:
-    """One /health on a new connection, as a load balancer's probe makes it: seconds to a 200."""
-    start = time.monotonic()
+def probe_health(url: str) -> None:
+    """One /health on a new connection, as a load balancer's probe makes it; before issue 13 it timed out."""
     response = httpx.get(f"{url}/health", headers={"Connection": "close"}, timeout=10)
     assert response.status_code == 200, response.text
-    return time.monotonic() - start
 
 
 def test_health_and_streams_answer_under_idle_and_slowloris_connections(
@@ -131,9 +129,8 @@ def test_health_and_streams_answer_under_idle_and_slowloris_connections(
 ) -> None:
     pace = threading.Event()  # never set: its timed wait spreads the probes over more than one header timeout
     with Attack(address, IDLE, TRICKLING):
-        latencies = []
-        for _ in range(12):
-            latencies.append(health_seconds(server.url))
+        for _ in range(12):  # how fast it answers is measured in benchmarks/attack.py, not asserted here
+            probe_health(server.url)
             pace.wait(0.4)
         with (
             httpx.Client(base_url=server.url, timeout=60) as http,
@@ -141,7 +138,6 @@ def test_health_and_streams_answer_under_idle_and_slowloris_connections(
         ):
             assert response.status_code == 200
             payloads = [line.removeprefix("data: ") for line in response.iter_lines() if line.startswith("data: ")]
-    assert max(latencies) < 1.0, latencies
     assert payloads[-1] == "[DONE]"
     assert "".join(choice["text"] for payload in payloads[:-1] for choice in json.loads(payload)["choices"])
     # Before issue 13: 263 MB of "socket.accept() out of system resource" in under a minute.
