@@ -25,7 +25,6 @@ benchmarks/RESULTS.md. By hand, never part of the test run.
 
 import argparse
 import asyncio
-import json
 import shlex
 import statistics
 import sys
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from server_process import running_tokserve, wait_until_healthy
+from sse_stream import StreamFailed, stream_chunks
 
 # Words that are one token each in common BPE vocabularies: long deterministic prompts of a predictable size.
 _TEXT = (
@@ -132,25 +132,17 @@ async def _read(client: httpx.AsyncClient, target: Target, path: str, body: dict
     } | body
     record.sent = time.perf_counter()
     async with client.stream("POST", f"{target.url}{path}", json=body) as response:
-        if response.status_code != 200:
-            record.error = f"HTTP {response.status_code}: {(await response.aread()).decode()[:200]}"
+        try:
+            async for chunk in stream_chunks(response):
+                texts = [_content(choice) for choice in chunk.get("choices") or ()]
+                if any(texts):
+                    record.chunks.append(time.perf_counter())
+                    record.text += "".join(texts)
+                if chunk.get("usage"):
+                    _read_usage(record, chunk["usage"])
+        except StreamFailed as failure:
+            record.error = str(failure)
             return
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == "[DONE]":
-                break
-            chunk = json.loads(payload)
-            if "error" in chunk:
-                record.error = str(chunk["error"])[:200]
-                return
-            texts = [_content(choice) for choice in chunk.get("choices") or ()]
-            if any(texts):
-                record.chunks.append(time.perf_counter())
-                record.text += "".join(texts)
-            if chunk.get("usage"):
-                _read_usage(record, chunk["usage"])
     record.ended = time.perf_counter()
 
 

@@ -37,6 +37,7 @@ import httpx
 import psutil
 
 from server_process import running_tokserve, wait_until_healthy
+from sse_stream import StreamFailed, stream_chunks
 
 if TYPE_CHECKING:  # torch and the engine load in the baseline's process only
     from tokserve.engine import LoadedModel
@@ -113,19 +114,7 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) 
     start = last = time.perf_counter()
     try:
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                timing.error = f"HTTP {response.status_code}: {(await response.aread()).decode()[:200]}"
-                return timing
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                chunk = json.loads(payload)
-                if "error" in chunk:
-                    timing.error = str(chunk["error"])[:200]
-                    return timing
+            async for chunk in stream_chunks(response):
                 if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or ()):
                     now = time.perf_counter()
                     if chunks:
@@ -135,6 +124,9 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, object]) 
                     chunks, last = chunks + 1, now
                 if chunk.get("usage"):
                     timing.tokens = int(chunk["usage"]["completion_tokens"])
+    except StreamFailed as failure:
+        timing.error = str(failure)
+        return timing
     except httpx.HTTPError as error:
         timing.error = f"{type(error).__name__}: {error}"
         return timing

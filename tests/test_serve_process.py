@@ -39,13 +39,19 @@ def healthcheck(server: TokserveProcess) -> int:
     return subprocess.run([sys.executable, HEALTHCHECK], env={**os.environ, "TOKSERVE_PORT": port}).returncode
 
 
-def in_flight(http: httpx.Client) -> int:
+def metric(http: httpx.Client, *names: str) -> int:
+    """The sum of the named samples of /metrics (a trailing space in a name keeps out longer names)."""
     lines = http.get("/metrics").text.splitlines()
-    return sum(
-        int(float(line.split()[1]))
-        for line in lines
-        if line.startswith(("tokserve_requests_running ", "tokserve_requests_waiting "))
-    )
+    return sum(int(float(line.split()[1])) for line in lines if line.startswith(names))
+
+
+def in_flight(http: httpx.Client) -> int:
+    return metric(http, "tokserve_requests_running ", "tokserve_requests_waiting ")
+
+
+def first_tokens(http: httpx.Client) -> int:
+    """Responses whose first token is out: the count of the time-to-first-token histogram."""
+    return metric(http, "tokserve_time_to_first_token_seconds_count")
 
 
 def test_sigterm_drains_streams_then_exits_0(
@@ -93,14 +99,6 @@ def test_sigterm_drains_streams_then_exits_0(
     assert by_id["drain-long"]["completion_tokens"] == len(long_events) - 2  # what it streamed before the cut
     assert {"time", "level", "logger", "message"} <= by_id["drain-long"].keys()
     assert any("draining" in record["message"] for record in records if record["logger"].startswith("tokserve"))
-
-
-def first_tokens(http: httpx.Client) -> int:
-    """Responses whose first token is out: the count of the time-to-first-token histogram."""
-    lines = http.get("/metrics").text.splitlines()
-    return sum(
-        int(float(line.split()[1])) for line in lines if line.startswith("tokserve_time_to_first_token_seconds_count")
-    )
 
 
 def test_clients_that_stall_do_not_hold_the_shutdown(

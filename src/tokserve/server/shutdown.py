@@ -53,12 +53,11 @@ class DrainingServer(uvicorn.Server):
         self._state = state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining: asyncio.Task[None] | None = None
-        self._hurry: asyncio.Event | None = None
+        self._hurry = asyncio.Event()  # a second signal: since Python 3.10 an Event binds to no loop until used
         self.exit_code = 0
 
     async def serve(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         self._loop = asyncio.get_running_loop()
-        self._hurry = asyncio.Event()
         await super().serve(sockets)  # type: ignore[arg-type]
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -85,7 +84,7 @@ class DrainingServer(uvicorn.Server):
     def _start_drain(self, reason: str) -> None:
         if self._draining is None:
             self._draining = asyncio.get_running_loop().create_task(self._drain(reason))
-        elif self._hurry is not None and not self._hurry.is_set():
+        elif not self._hurry.is_set():
             logger.warning("%s again: ending %d requests in flight now", reason, self._state.drain.in_flight)
             self._hurry.set()
         else:  # a third signal: no more waiting of any kind
@@ -105,13 +104,11 @@ class DrainingServer(uvicorn.Server):
         if not await self._wait_idle_unless_hurried(timeout):
             logger.warning("Drain ended: ending %d requests still in flight", state.drain.in_flight)
             state.drain.expired.set()
-            hurried = self._hurry is not None and self._hurry.is_set()
-            await state.drain.wait_idle(_GRACE_AFTER_SECOND_SIGNAL if hurried else _GRACE_AFTER_DEADLINE)
+            await state.drain.wait_idle(_GRACE_AFTER_SECOND_SIGNAL if self._hurry.is_set() else _GRACE_AFTER_DEADLINE)
         self.should_exit = True
 
     async def _wait_idle_unless_hurried(self, timeout: float) -> bool:
         """True once nothing is in flight; False when `timeout` passed or a second signal came first."""
-        assert self._hurry is not None  # set in serve(), before any signal reaches the loop
         idle = asyncio.ensure_future(self._state.drain.wait_idle(timeout))
         hurry = asyncio.ensure_future(self._hurry.wait())
         try:
