@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tokserve.engine import Engine, GenerationRequest, SamplingParams, TokenStream
+from tokserve.engine import Engine, EngineSettings, GenerationRequest, SamplingParams, TokenStream
 
 NEW_TOKENS = 64
 
@@ -56,7 +56,7 @@ def main(config_dir: str) -> None:
     AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(config_dir)).save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(config_dir).save_pretrained(model_dir)
     for dtype in ("bfloat16", "float32"):
-        engine = Engine.load(model_dir, device="cuda", dtype=dtype)
+        engine = Engine.load(EngineSettings(model=model_dir, device="cuda", dtype=dtype))
         text = "Prompt number {}: tell me a story about the sea and the stars. "
         prompts = [tuple(engine.encode_text(text.format(i) * 3)) for i in range(16)]
         for batch in (1, 8, 16):

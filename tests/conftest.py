@@ -1,5 +1,6 @@
 """One loaded engine for the whole run, served by real uvicorn servers on free loopback ports in threads."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -109,7 +110,7 @@ def engine_with(engine: Engine) -> Callable[..., AbstractContextManager[Engine]]
 
     @contextmanager
     def start(**options: Any) -> Iterator[Engine]:
-        other = Engine(engine.loaded, **options)
+        other = Engine(engine.loaded, dataclasses.replace(engine.settings, **options))
         try:
             yield other
         finally:

@@ -74,11 +74,23 @@ class Settings(BaseSettings):
     kv_cache_memory: float | None = Field(
         None,
         gt=0,
-        description="GiB the batch's KV cache may reach in the worst case (prompt + max_tokens of every request); "
-        "a request that would pass it waits; default: a quarter of RAM on CPU, half the free GPU memory on CUDA",
+        description="GiB of KV cache, in blocks of 16 tokens handed to requests as they grow (on a shortage the "
+        "latest request is paused and resumed later); default: a quarter of RAM on CPU (untouched until used), half "
+        "the free GPU memory on CUDA",
     )
     prefill_tokens: int = Field(
-        512, ge=1, description="Prompt tokens read per forward step; longer prompts are read over several steps"
+        512,
+        ge=1,
+        description="Most prompt tokens one step reads; while other requests decode, a step reads only as much "
+        "prompt as a plain decode step takes in time, shared equally between the prompts being read",
+    )
+    prompt_logprobs_tokens: int = Field(
+        256, ge=1, description="Most prompt positions per step whose logits are kept for prompt logprobs (`echo`)"
+    )
+    no_prefix_caching: bool = Field(
+        False,
+        description="Do not reuse the KV cache of earlier requests whose tokens start the same way "
+        "(shared system prompts, the turns of a chat, the `n` choices of one request)",
     )
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: torch's own choice")
     max_queue: int = Field(

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tokserve.config import Settings
-from tokserve.engine import Engine, embedded_model_file, load_model
+from tokserve.engine import Engine, EngineSettings, embedded_model_file, load_model
 from tokserve.server import create_app
 
 pytestmark = pytest.mark.cuda
@@ -62,7 +62,7 @@ def test_device_map_auto_places_the_model_on_the_gpu(tiny_model: Path) -> None:
 @pytest.fixture(scope="module")
 def gpu_engine(tiny_model: Path) -> Iterator[Engine]:
     """float32, so that a batch's numbers are a single request's to the last bit but for summation order."""
-    engine = Engine.load(str(tiny_model), device="cuda", dtype="float32")
+    engine = Engine.load(EngineSettings(model=str(tiny_model), device="cuda", dtype="float32"))
     yield engine
     engine.close()
 

@@ -2,29 +2,13 @@
 loaded model's forward on the installed transformers."""
 
 import importlib.util
-import inspect
 
 import pytest
-import torch
-from transformers import DynamicCache
 
 from tokserve.cli import main
 from tokserve.config import Settings
-from tokserve.engine import Engine, check_quantization, load_model
+from tokserve.engine import check_quantization, load_model
 from tokserve.errors import StartupError
-
-
-def test_the_kv_cache_goes_under_the_name_the_models_forward_takes(engine: Engine) -> None:
-    """transformers 5.24 renamed forward's `past_key_values` to `cache`; the old name warns (an error here) and goes
-    in 5.40, and older releases know only it."""
-    loaded = engine.loaded
-    assert loaded.cache_argument in inspect.signature(loaded.model.forward).parameters
-    cache = DynamicCache(config=loaded.model.config)
-    ids = torch.tensor([loaded.tokenizer.encode("The capital of France is")], device=loaded.device)
-    with torch.inference_mode():
-        logits = loaded.logits({"input_ids": ids}, cache, logits_to_keep=1)
-    assert logits.shape[:2] == (1, 1)
-    assert cache.get_seq_length() == ids.shape[1]  # the model filled our cache, not one of its own
 
 
 @pytest.mark.parametrize("quantization", ["bnb-4bit", "bnb-8bit"])

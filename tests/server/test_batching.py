@@ -15,7 +15,7 @@ import pytest
 from starlette.types import ASGIApp
 
 from tokserve.config import Settings
-from tokserve.engine import BatchLimits, Engine
+from tokserve.engine import Engine
 from tokserve.server import create_app
 
 PROMPTS = [
@@ -148,7 +148,7 @@ def test_beyond_the_queue_429_with_retry_after_and_a_queued_client_that_leaves_c
 ) -> None:
     """A worker that runs one request and queues one: the third gets 429; the queued one leaves unrun."""
     with (
-        engine_with(max_queue=1, limits=BatchLimits(max_running=1)) as narrow,
+        engine_with(max_queue=1, max_running=1) as narrow,
         serve_app(create_app(settings, engine=narrow)) as url,
         httpx.Client(base_url=url, timeout=60) as http,
         http.stream("POST", "/v1/completions", json=LONG) as first,

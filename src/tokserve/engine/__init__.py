@@ -3,22 +3,27 @@
 torch and transformers live here only; route code uses the names below.
 """
 
+from tokserve.engine.crossing import (
+    EndReason,
+    EngineSettings,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprobs,
+)
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.engine import Engine
 from tokserve.engine.loading import LoadedModel, check_quantization, embedded_model_file, load_model
-from tokserve.engine.logprobs import TokenLogprobs
-from tokserve.engine.request import GenerationRequest, SamplingParams
 from tokserve.engine.scheduler import Counters
-from tokserve.engine.token_stream import EndReason, TokenEvent, TokenStream
+from tokserve.engine.token_stream import TokenStream
 from tokserve.engine.vocabulary import Vocabulary
-from tokserve.engine.worker import BatchLimits
 
 __all__ = [
-    "BatchLimits",
     "Counters",
     "Decoder",
     "EndReason",
     "Engine",
+    "EngineSettings",
     "GenerationRequest",
     "LoadedModel",
     "SamplingParams",

@@ -10,85 +10,76 @@ from typing import Any
 
 import torch
 
+from tokserve.engine.blocks import BlockAllocator
 from tokserve.engine.chat_template import encode_chat
+from tokserve.engine.crossing import EngineSettings, GenerationRequest, SamplingParams
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.faults import FaultHook
 from tokserve.engine.fill_in_the_middle import FillInTheMiddle
+from tokserve.engine.kv_cache import KVCache
 from tokserve.engine.loading import LoadedModel, default_kv_cache_bytes, load_model
-from tokserve.engine.request import GenerationRequest, SamplingParams
-from tokserve.engine.scheduler import Counters, Job, Scheduler
+from tokserve.engine.pacing import Pacer, attention_scale
+from tokserve.engine.runner import Runner
+from tokserve.engine.scheduler import Counters, Job, Scheduler, StepLimits
 from tokserve.engine.token_stream import TokenStream
 from tokserve.engine.vocabulary import Vocabulary
-from tokserve.engine.worker import BatchLimits, Worker
+from tokserve.engine.worker import Worker
 from tokserve.errors import GenerationFailed, InvalidRequest, NotReady
 
 logger = logging.getLogger(__name__)
 
 _WARM_UP_PROMPT = "Hello"
 _WARM_UP_TOKENS = 4
+# Tokens per KV-cache block: the unit of allocation and of prefix reuse (vLLM's default too).
+BLOCK_SIZE = 16
 
 
 class Engine:
     """One model on one device, served by one worker thread."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        *,
-        max_model_len: int | None = None,
-        max_queue: int = 64,
-        limits: BatchLimits | None = None,
-        fault_marker: str | None = None,
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, settings: EngineSettings) -> None:
         self._loaded = loaded
-        self.max_model_len = max_model_len or loaded.max_model_len
+        self.settings = settings
+        self.max_model_len = settings.max_model_len or loaded.max_model_len
         self._fill_in_the_middle = FillInTheMiddle.of(loaded.tokenizer.backend_tokenizer)
         self.vocabulary = Vocabulary(loaded.tokenizer.backend_tokenizer)
-        self.system_fingerprint = loaded.system_fingerprint
-        self.max_queue = max_queue
-        self._scheduler = Scheduler(max_queue)
-        fault = FaultHook(fault_marker, loaded.tokenizer.backend_tokenizer) if fault_marker else None
-        self._worker = Worker(loaded, self._scheduler, limits or BatchLimits(), fault)
+        self.system_fingerprint = loaded.system_fingerprint(prefix_caching=not settings.no_prefix_caching)
+        self.max_queue = settings.max_queue
+        kv_cache_bytes = (
+            int(settings.kv_cache_memory * 2**30) if settings.kv_cache_memory else default_kv_cache_bytes(loaded.device)
+        )
+        blocks = max(2, kv_cache_bytes // (loaded.kv_bytes_per_token * BLOCK_SIZE))
+        allocator = BlockAllocator(blocks, BLOCK_SIZE, prefix_caching=not settings.no_prefix_caching)
+        limits = StepLimits(settings.max_running, settings.prefill_tokens, settings.prompt_logprobs_tokens)
+        self._scheduler = Scheduler(settings.max_queue, limits, allocator)
+        runner = Runner(loaded, KVCache(blocks, BLOCK_SIZE, loaded.model.dtype))
+        config = loaded.model.config.get_text_config()
+        heads = config.num_attention_heads
+        query_width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
+        pacer = Pacer(
+            settings.prefill_tokens,
+            attention_scale(loaded.model.num_parameters(), config.num_hidden_layers, query_width),
+        )
+        fault = FaultHook(settings.fault_marker, loaded.tokenizer.backend_tokenizer) if settings.fault_marker else None
+        self._worker = Worker(loaded, self._scheduler, runner, pacer, fault)
         self._worker.start()
+        logger.info(
+            "Batching up to %d requests; KV cache %.2f GiB: %d blocks of %d tokens (%d tokens)%s",
+            settings.max_running,
+            blocks * BLOCK_SIZE * loaded.kv_bytes_per_token / 2**30,
+            blocks - 1,
+            BLOCK_SIZE,
+            (blocks - 1) * BLOCK_SIZE,
+            "" if allocator.prefix_caching else "; prefix caching off",
+        )
 
     @classmethod
-    def load(
-        cls,
-        model: str | None,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        max_queue: int = 64,
-        max_running: int = 8,
-        kv_cache_memory: float | None = None,
-        prefill_tokens: int = 512,
-        threads: int | None = None,
-        fault_marker: str | None = None,
-        quantization: str | None = None,
-        device_map: str | None = None,
-    ) -> "Engine":
-        """Load the model, start the worker and run a short warm-up generation through it.
-
-        `kv_cache_memory` is in GiB; None picks a share of the device's memory (`default_kv_cache_bytes`).
-        """
-        if threads is not None:
-            torch.set_num_threads(threads)
-        loaded = load_model(model, device, dtype, quantization, device_map)
-        kv_cache_bytes = int(kv_cache_memory * 2**30) if kv_cache_memory else default_kv_cache_bytes(loaded.device)
-        logger.info(
-            "Batching up to %d requests; KV cache bound %.1f GiB (%d tokens of one sequence)",
-            max_running,
-            kv_cache_bytes / 2**30,
-            kv_cache_bytes // loaded.kv_bytes_per_token,
-        )
-        engine = cls(
-            loaded,
-            max_model_len=max_model_len,
-            max_queue=max_queue,
-            limits=BatchLimits(max_running, kv_cache_bytes, prefill_tokens),
-            fault_marker=fault_marker,
-        )
+    def load(cls, settings: EngineSettings) -> "Engine":
+        """Load the model, start the worker and run a short warm-up generation through it."""
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)
+        loaded = load_model(settings.model, settings.device, settings.dtype, settings.quantization, settings.device_map)
+        engine = cls(loaded, settings)
         logger.info("Warming up")
         asyncio.run(engine._warm_up())
         return engine

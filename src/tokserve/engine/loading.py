@@ -4,7 +4,6 @@ device and dtype, and what the rest of the engine needs to know about them."""
 import hashlib
 import importlib.metadata
 import importlib.util
-import inspect
 import json
 import logging
 import os
@@ -16,11 +15,11 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BitsAndBytesConfig,
-    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
+from tokserve.engine.kv_cache import ATTENTION
 from tokserve.errors import StartupError
 
 logger = logging.getLogger(__name__)
@@ -38,13 +37,6 @@ class LoadedModel:
     device: torch.device
     max_model_len: int
     eos_ids: frozenset[int]
-    cache_argument: str  # the forward argument that takes the KV cache: see `_cache_argument`
-
-    def logits(self, inputs: dict[str, object], cache: DynamicCache, logits_to_keep: int) -> torch.Tensor:
-        """One forward pass over `inputs` that reads and extends `cache`; logits of the last `logits_to_keep`
-        positions (0: all)."""
-        arguments = {**inputs, self.cache_argument: cache}
-        return self.model(**arguments, logits_to_keep=logits_to_keep).logits  # type: ignore[no-any-return]
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -55,8 +47,7 @@ class LoadedModel:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         return int(2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize)
 
-    @property
-    def system_fingerprint(self) -> str:
+    def system_fingerprint(self, prefix_caching: bool) -> str:
         """OpenAI's `system_fingerprint`: the same for two responses only if what shapes the output was the same
         (versions, weights, dtype, device, quantization, prefix caching), so a client that relies on `seed` sees
         when reproducibility cannot hold."""
@@ -68,7 +59,7 @@ class LoadedModel:
             "dtype": str(self.model.dtype),
             "device": self.device.type,
             "quantization": repr(getattr(self.model.config, "quantization_config", None)),
-            "prefix_caching": False,
+            "prefix_caching": prefix_caching,
         }
         digest = hashlib.sha256(json.dumps(backend, sort_keys=True, default=str).encode()).hexdigest()
         return f"fp_{digest[:12]}"
@@ -161,13 +152,14 @@ def load_model(
     )  # from_pretrained returns the model in eval mode
     if model.dtype != torch_dtype and quantization_config is None:  # bitsandbytes' weights cannot be cast
         torch.nn.Module.to(model, torch_dtype)
+    _check_attention_only(model)
+    model.set_attn_implementation(ATTENTION)  # the engine's paged attention; plain SDPA outside the engine
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
         device=model.device if device_map else target,
         max_model_len=int(model.config.max_position_embeddings),
         eos_ids=_eos_ids(model, tokenizer),
-        cache_argument=_cache_argument(model),
     )
 
 
@@ -210,15 +202,19 @@ def _locate(source: str | None) -> tuple[str, str | None]:
     return str(source), None
 
 
-def _cache_argument(model: PreTrainedModel) -> str:
-    """`cache` where the model's forward takes it (transformers 5.24 on), else `past_key_values`: 5.24 deprecates
-    the old name and 5.40 removes it, while the GPU image has 5.17, which knows only the old one. Asked of the
-    signature, not the version, so a model not yet moved to the new name keeps working."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     configured = model.generation_config.eos_token_id if model.generation_config else None
     ids = set(configured if isinstance(configured, list) else [configured])
     ids.add(tokenizer.eos_token_id)
     return frozenset(int(i) for i in ids if i is not None)
+
+
+def _check_attention_only(model: PreTrainedModel) -> None:
+    """StartupError for a model with layers that keep a state other than keys and values (linear attention, state
+    space layers): the engine's cache holds attention layers only."""
+    kinds = set(getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"])
+    others = kinds - {"full_attention", "sliding_attention"}
+    if others:
+        raise StartupError(
+            f"This model has {', '.join(sorted(others))} layers; tokserve's KV cache serves attention layers only."
+        )

@@ -4,20 +4,13 @@ That is what OpenAI and vLLM (by default) report, so a logprob never depends on 
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
+from tokserve.engine.crossing import TokenLogprobs
+
 # Rows of prompt logits turned into log-probabilities at once: bounds the float32 copy for long prompts.
 _PROMPT_ROWS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class TokenLogprobs:
-    """A token's log-probability, and the `top` most likely tokens at its position as (id, logprob), best first."""
-
-    logprob: float
-    top: tuple[tuple[int, float], ...] = ()
 
 
 def token_logprobs(logits: torch.Tensor, token_id: int, top: int) -> TokenLogprobs:
@@ -26,17 +19,16 @@ def token_logprobs(logits: torch.Tensor, token_id: int, top: int) -> TokenLogpro
     return TokenLogprobs(float(logprobs[token_id]), _top(logprobs, top)[0] if top else ())
 
 
-def prompt_logprobs(logits: torch.Tensor, prompt_ids: Sequence[int], top: int) -> tuple[TokenLogprobs, ...]:
-    """For each prompt token after the first, from the prefill's logits (one row per prompt position)."""
-    logits = logits[:-1]  # row i predicts token i + 1; the last row predicts the first generated token
-    targets = torch.tensor(prompt_ids[1:], device=logits.device)
+def prompt_logprobs(logits: torch.Tensor, targets: Sequence[int], top: int) -> list[TokenLogprobs]:
+    """For prompt tokens `targets`, from the logits of the positions before each (row i predicts `targets[i]`)."""
+    target_ids = torch.tensor(targets, dtype=torch.long, device=logits.device)
     result: list[TokenLogprobs] = []
     for start in range(0, len(targets), _PROMPT_ROWS):
-        rows = torch.log_softmax(logits[start : start + _PROMPT_ROWS].float(), dim=-1)
-        chosen = rows.gather(-1, targets[start : start + len(rows), None])[:, 0].tolist()
+        rows = torch.log_softmax(logits[start : min(start + _PROMPT_ROWS, len(targets))].float(), dim=-1)
+        chosen = rows.gather(-1, target_ids[start : start + len(rows), None])[:, 0].tolist()
         tops = _top(rows, top) if top else [()] * len(rows)
         result.extend(TokenLogprobs(logprob, alternatives) for logprob, alternatives in zip(chosen, tops, strict=True))
-    return tuple(result)
+    return result
 
 
 def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:

@@ -1,22 +1,23 @@
-"""Per-request sampling over one row of logits, with the request's own `torch.Generator` (never the global seed).
+"""One sampler for the whole batch: a step's rows share each kernel instead of running their own.
 
-All state that depends on the tokens so far (counts for the penalties, the tokens seen) lives in the request's
-`Sampler`, so requests sharing a step later keep their own.
+What depends on a request (its tokens so far, its seeded `torch.Generator`) lives in its `SamplingState`, which the
+worker keeps across steps and preemption; the sampler turns the rows' parameters into tensors at each call. Draws
+race exponentials (argmax of probs / E, the Gumbel-max trick), so a batch draws with one kernel, and a seeded row
+takes its E from its own generator: its tokens do not depend on what shares the batch. The global RNG is never used.
 """
 
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from tokserve.engine.request import SamplingParams
+from tokserve.engine.crossing import SamplingParams, TokenLogprobs
 
 
-class Sampler:
-    """Logit processors, then greedy at temperature 0; otherwise temperature, top-k, top-p, min-p and a draw.
+class SamplingState:
+    """One request's sampling state across steps (and across preemption: the worker keeps this object)."""
 
-    The processors, in vLLM's order: `logit_bias`; end ids masked until `min_tokens`; repetition penalty
-    (prompt and output tokens); frequency and presence penalties (output tokens, additive as OpenAI defines them).
-    """
+    __slots__ = ("_end_ids", "_prompt", "generated", "generator", "params")
 
     def __init__(
         self,
@@ -25,86 +26,222 @@ class Sampler:
         prompt_ids: Sequence[int] = (),
         end_ids: Collection[int] = (),
     ) -> None:
-        self._params = params
-        self._device = device
-        self._prompt_ids = list(prompt_ids)
+        self.params = params
+        self.generated: list[int] = []  # token ids sampled so far, in order (the sampler appends)
+        self.generator: torch.Generator | None = None
+        if params.seed is not None:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(params.seed % 2**64)  # OpenAI seeds are signed 64-bit
         self._end_ids = sorted(end_ids)
-        self._generated = 0
-        # Built at the first step, once the logits tell the vocabulary size.
-        self._bias: torch.Tensor | None = None
-        self._counts: torch.Tensor | None = None  # times each token was generated
-        self._seen: torch.Tensor | None = None  # tokens of the prompt or the output
-        self._generator: torch.Generator | None = None
-        if not params.greedy:
-            self._generator = torch.Generator(device=device)
-            if params.seed is None:
-                self._generator.seed()
-            else:
-                self._generator.manual_seed(params.seed % 2**64)  # OpenAI seeds are signed 64-bit
-
-    def sample(self, logits: torch.Tensor) -> int:
-        """One token id from a 1-D tensor of the model's logits; the sampler remembers it."""
-        processed = self._process(logits.float())
-        if self._generator is None:
-            token_id = int(processed.argmax())
-        else:
-            token_id = int(torch.multinomial(self._distribution(processed), 1, generator=self._generator))
-        self._record(token_id)
-        return token_id
-
-    def _process(self, logits: torch.Tensor) -> torch.Tensor:
-        params = self._params
-        if self._bias is None and params.logit_bias:
-            self._bias = torch.zeros_like(logits)
-            ids, biases = zip(*params.logit_bias, strict=True)
-            self._bias[list(ids)] = torch.tensor(biases, device=logits.device)
-        if self._bias is not None:
-            logits = logits + self._bias
-        if self._generated < params.min_tokens and self._end_ids:
-            logits = logits.index_fill(0, torch.tensor(self._end_ids, device=logits.device), -torch.inf)
+        # The repetition penalty reads the prompt at every step: on the device once, not from a list each time.
+        self._prompt: torch.Tensor | None = None
         if params.repetition_penalty != 1.0:
-            if self._seen is None:
-                self._seen = torch.zeros_like(logits, dtype=torch.bool)
-                self._seen[self._prompt_ids] = True
-            penalised = torch.where(logits > 0, logits / params.repetition_penalty, logits * params.repetition_penalty)
-            logits = torch.where(self._seen, penalised, logits)
-        if params.frequency_penalty or params.presence_penalty:
-            if self._counts is None:
-                self._counts = torch.zeros_like(logits)
-            logits = (
-                logits
-                - params.frequency_penalty * self._counts
-                - params.presence_penalty * (self._counts > 0).to(logits.dtype)
+            self._prompt = torch.tensor(list(prompt_ids), dtype=torch.long, device=device)
+
+
+@dataclass(frozen=True, slots=True)
+class Sampled:
+    """A row's sampled token, and its logprobs when the row asked for them."""
+
+    token_id: int
+    logprobs: TokenLogprobs | None
+
+
+class BatchSampler:
+    """Logit processors, then greedy at temperature 0; otherwise temperature, top-k, top-p, min-p and a draw.
+
+    The processors, in vLLM's order: `logit_bias`; end ids masked until `min_tokens`; repetition penalty
+    (prompt and output tokens); frequency and presence penalties (output tokens, additive as OpenAI defines them).
+    Work that no row of the call needs is skipped. Logprobs are of the model's logits (after `allowed` only).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self._generator = torch.Generator(device=device)
+        self._generator.seed()  # from the OS, for the unseeded rows
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        rows: Sequence[SamplingState],
+        logprobs: Sequence[int | None],
+        allowed: torch.Tensor | None = None,
+    ) -> list[Sampled]:
+        """One token for each row of `logits` (batch x vocabulary); each row's state remembers it.
+
+        `logprobs[i]`: None, or how many top alternatives row i reports beside its token's logprob. `allowed`: False
+        forbids a token in that row, before anything else.
+        """
+        if not (logits.dim() == 2 and logits.shape[0] == len(rows) == len(logprobs)):
+            raise ValueError(f"logits {tuple(logits.shape)} for {len(rows)} rows and {len(logprobs)} logprobs")
+        x = logits.float()
+        if allowed is not None:
+            x = torch.where(allowed, x, -torch.inf)
+        reported = [index for index, top in enumerate(logprobs) if top is not None]
+        # log_softmax before the processors change x; the chosen tokens' entries are taken once they are known.
+        log_probs = torch.log_softmax(_select(x, reported), dim=-1) if reported else None
+        x = _process(x, rows)
+
+        greedy = [index for index, row in enumerate(rows) if row.params.greedy]
+        drawn = [index for index, row in enumerate(rows) if not row.params.greedy]
+        if not drawn:
+            tokens = x.argmax(dim=-1)
+        elif not greedy:
+            tokens = self._draw(x, rows)
+        else:
+            tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
+            tokens.index_copy_(0, _tensor(greedy, torch.long, x.device), _select(x, greedy).argmax(dim=-1))
+            drawn_tokens = self._draw(_select(x, drawn), [rows[index] for index in drawn])
+            tokens.index_copy_(0, _tensor(drawn, torch.long, x.device), drawn_tokens)
+
+        # Everything the host needs, in one transfer: tokens, then the chosen logprobs, top values and top ids.
+        parts = [tokens.double()]
+        most = 0
+        if log_probs is not None:
+            chosen = log_probs.gather(-1, _select(tokens, reported)[:, None])
+            parts.append(chosen.double().flatten())
+            most = min(max(logprobs[index] or 0 for index in reported), log_probs.shape[-1])
+            if most:
+                values, ids = torch.topk(log_probs, most, dim=-1)
+                parts += [values.double().flatten(), ids.double().flatten()]
+        host = torch.cat(parts).tolist()
+
+        batch = len(rows)
+        token_ids = [int(value) for value in host[:batch]]
+        result = [Sampled(token_id, None) for token_id in token_ids]
+        values_at, ids_at = batch + len(reported), batch + len(reported) * (1 + most)
+        for position, index in enumerate(reported):
+            top = min(logprobs[index] or 0, most)
+            first = position * most
+            alternatives = tuple(
+                (int(host[ids_at + first + rank]), host[values_at + first + rank]) for rank in range(top)
             )
-        return logits
+            result[index] = Sampled(token_ids[index], TokenLogprobs(host[batch + position], alternatives))
+        for row, token_id in zip(rows, token_ids, strict=True):
+            row.generated.append(token_id)
+        return result
 
-    def _distribution(self, logits: torch.Tensor) -> torch.Tensor:
-        params = self._params
-        logits = logits / params.temperature
-        if 0 < params.top_k < logits.numel():
-            kth = torch.topk(logits, params.top_k).values[-1]
-            logits = logits.masked_fill(logits < kth, -torch.inf)
-        probs = torch.softmax(logits, dim=-1)
-        if params.top_p < 1.0:
-            probs = _nucleus(probs, params.top_p)
-        if params.min_p > 0.0:
-            probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
-            probs = probs / probs.sum()
-        return probs
+    def _draw(self, x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+        """One token per row of processed logits, all rows drawing: temperature, top-k, top-p, min-p, the race."""
+        vocabulary = x.shape[-1]
+        params = [row.params for row in rows]
+        device = x.device
+        x = x / _column([p.temperature for p in params], torch.float32, device)
+        # E ~ Exponential(1): one call for the unseeded rows, then each seeded row's own from its generator.
+        # (torch's exponential_ does not return 0 on CPU or CUDA, so probs / E is never 0 / 0.)
+        races = torch.empty_like(x)
+        if any(row.generator is None for row in rows):
+            races.exponential_(generator=self._generator)
+        for index, row in enumerate(rows):
+            if row.generator is not None:
+                races[index].exponential_(generator=row.generator)
 
-    def _record(self, token_id: int) -> None:
-        self._generated += 1
-        if self._counts is not None:
-            self._counts[token_id] += 1
-        if self._seen is not None:
-            self._seen[token_id] = True
+        top_k = [p.top_k if 0 < p.top_k < vocabulary else 0 for p in params]
+        if any(p.top_p < 1.0 for p in params):
+            # Sorted, for the nucleus: top-k is a cut of the sorted row, and the race compares each token with its
+            # own E, gathered into the same order.
+            ordered, order = torch.sort(x, dim=-1, descending=True)
+            if any(top_k):
+                kth = ordered.gather(-1, _column([k or vocabulary for k in top_k], torch.long, device) - 1)
+                ordered = ordered.masked_fill(ordered < kth, -torch.inf)
+            probs = torch.softmax(ordered, dim=-1)
+            mass_before = torch.cumsum(probs, dim=-1) - probs
+            cut = mass_before >= _column(
+                [p.top_p if p.top_p < 1.0 else torch.inf for p in params], torch.float32, device
+            )
+            cut[:, 0] = False  # the best token always stays
+            probs = probs.masked_fill_(cut, 0.0)
+            races = races.gather(-1, order)
+            best = probs[:, :1]
+        else:
+            order = None
+            if any(top_k):
+                values = torch.topk(x, max(top_k), dim=-1).values
+                kth = values.gather(-1, _column([max(k, 1) for k in top_k], torch.long, device) - 1)
+                kth = kth.masked_fill_(_column([k == 0 for k in top_k], torch.bool, device), -torch.inf)
+                x = x.masked_fill_(x < kth, -torch.inf)
+            probs = torch.softmax(x, dim=-1)
+            best = probs.amax(dim=-1, keepdim=True)
+        if any(p.min_p > 0.0 for p in params):
+            # Relative to the best token, so the nucleus's renormalisation would not change the cut: none is done.
+            probs = probs.masked_fill_(probs < _column([p.min_p for p in params], torch.float32, device) * best, 0.0)
+        winners = probs.div_(races).argmax(dim=-1, keepdim=True)
+        return (winners if order is None else order.gather(-1, winners))[:, 0]
 
 
-def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the most likely tokens whose mass reaches top_p (always at least the first); renormalise."""
-    sorted_probs, order = torch.sort(probs, descending=True)
-    mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-    sorted_probs[mass_before >= top_p] = 0.0
-    sorted_probs[0] = sorted_probs[0].clamp_min(torch.finfo(sorted_probs.dtype).tiny)
-    kept = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return kept / kept.sum()
+def _process(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
+    """The logit processors of every row that uses one; x is not changed in place (it may be the caller's)."""
+    batch, vocabulary = x.shape
+    device = x.device
+    biased = [(index, token, bias) for index, row in enumerate(rows) for token, bias in row.params.logit_bias]
+    if biased:
+        at, tokens, biases = zip(*biased, strict=True)
+        where = (_tensor(at, torch.long, device), _tensor(tokens, torch.long, device))
+        x = x.index_put(where, x[where] + _tensor(biases, x.dtype, device))
+    ending = [
+        (index, end)
+        for index, row in enumerate(rows)
+        if len(row.generated) < row.params.min_tokens
+        for end in row._end_ids
+    ]
+    if ending:
+        at, ends = zip(*ending, strict=True)
+        where = (_tensor(at, torch.long, device), _tensor(ends, torch.long, device))
+        x = x.index_put(where, _tensor([-torch.inf], x.dtype, device))
+    repeating = [index for index, row in enumerate(rows) if row.params.repetition_penalty != 1.0]
+    if repeating:
+        positions = _positions(rows, repeating, vocabulary, device, prompts=True)
+        seen = torch.zeros(batch * vocabulary, dtype=torch.bool, device=device)
+        seen = seen.scatter_(0, positions, torch.ones_like(positions, dtype=torch.bool)).view(batch, vocabulary)
+        penalty = _column([row.params.repetition_penalty for row in rows], x.dtype, device)
+        x = torch.where(seen, torch.where(x > 0, x / penalty, x * penalty), x)
+    counting = [index for index, row in enumerate(rows) if row.params.frequency_penalty or row.params.presence_penalty]
+    if counting:
+        positions = _positions(rows, counting, vocabulary, device, prompts=False)
+        counts = torch.zeros(batch * vocabulary, dtype=x.dtype, device=device)
+        counts = counts.scatter_add_(0, positions, torch.ones_like(positions, dtype=x.dtype)).view(batch, vocabulary)
+        frequency = _column([row.params.frequency_penalty for row in rows], x.dtype, device)
+        presence = _column([row.params.presence_penalty for row in rows], x.dtype, device)
+        x = x - frequency * counts - presence * (counts > 0).to(x.dtype)
+    return x
+
+
+def _positions(
+    rows: Sequence[SamplingState], indices: Sequence[int], vocabulary: int, device: torch.device, prompts: bool
+) -> torch.Tensor:
+    """Positions (row * vocabulary + token) of these rows' generated tokens, and of their prompts' with `prompts`."""
+    tokens: list[int] = []
+    lengths: list[int] = []
+    for index in indices:
+        tokens += rows[index].generated
+        lengths.append(len(rows[index].generated))
+    ids = [_tensor(tokens, torch.long, device)]
+    at = list(indices)
+    if prompts:
+        for index in indices:
+            prompt = rows[index]._prompt
+            if prompt is not None:
+                ids.append(prompt)
+                lengths.append(len(prompt))
+                at.append(index)
+    offsets = torch.repeat_interleave(
+        _tensor(at, torch.long, device) * vocabulary,
+        _tensor(lengths, torch.long, device),
+        output_size=sum(lengths),  # known here: no device-to-host copy to learn it
+    )
+    return torch.cat(ids) + offsets
+
+
+def _select(x: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
+    """These rows of x (rising indices): x itself when they are all of them."""
+    if len(indices) == len(x):
+        return x
+    return x.index_select(0, _tensor(indices, torch.long, x.device))
+
+
+def _tensor(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A small tensor of per-row values, sent without waiting for the device (a blocking copy would sync it)."""
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def _column(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return _tensor(values, dtype, device)[:, None]

@@ -3,33 +3,8 @@
 import asyncio
 import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Literal
 
-from tokserve.engine.logprobs import TokenLogprobs
-from tokserve.errors import TokservError
-
-# eos: one of the model's end-of-sequence ids; stop_token: one of the request's stop_token_ids.
-EndReason = Literal["eos", "stop_token", "length"]
-
-
-@dataclass(frozen=True, slots=True)
-class TokenEvent:
-    """A generated token (the last one carries `end`), or the error that ended generation.
-
-    `logprobs` comes with each token when the request asked for it; `prompt_logprobs` with the first token only
-    (one entry per prompt token after the first).
-    """
-
-    token_id: int | None = None
-    end: EndReason | None = None
-    error: TokservError | None = None
-    logprobs: TokenLogprobs | None = None
-    prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
-
-    @property
-    def is_last(self) -> bool:
-        return self.end is not None or self.error is not None
+from tokserve.engine.crossing import TokenEvent
 
 
 class TokenStream:

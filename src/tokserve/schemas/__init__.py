@@ -20,7 +20,13 @@ from tokserve.schemas.completions import (
     CreateCompletionResponse,
 )
 from tokserve.schemas.errors import Error, ErrorResponse
-from tokserve.schemas.generation import CompletionUsage, FinishReason, GenerationParams, WireModel
+from tokserve.schemas.generation import (
+    CompletionUsage,
+    FinishReason,
+    GenerationParams,
+    PromptTokensDetails,
+    WireModel,
+)
 from tokserve.schemas.models import ListModelsResponse, Model
 
 __all__ = [
@@ -45,6 +51,7 @@ __all__ = [
     "ListModelsResponse",
     "MessageContent",
     "Model",
+    "PromptTokensDetails",
     "TopLogprob",
     "WireModel",
 ]

@@ -129,7 +129,12 @@ class GenerationParams(WireModel):
         return list(dict.fromkeys(self.stop_list))
 
 
+class PromptTokensDetails(WireModel):
+    cached_tokens: int  # prompt tokens read from the prefix cache instead of computed
+
+
 class CompletionUsage(WireModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None

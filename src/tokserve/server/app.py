@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from tokserve.config import Settings
-from tokserve.engine import Engine
+from tokserve.engine import Engine, EngineSettings
 from tokserve.server.auth import ApiKeyMiddleware
 from tokserve.server.dependencies import ServerState
 from tokserve.server.errors import UnexpectedErrors, install_error_handlers
@@ -25,20 +25,7 @@ logger = logging.getLogger(__name__)
 
 def load_engine(settings: Settings) -> Engine:
     """Load the configured model and warm it up (blocking: tens of seconds on CPU)."""
-    return Engine.load(
-        settings.model,
-        device=settings.device,
-        dtype=settings.dtype,
-        max_model_len=settings.max_model_len,
-        max_queue=settings.max_queue,
-        max_running=settings.max_running,
-        kv_cache_memory=settings.kv_cache_memory,
-        prefill_tokens=settings.prefill_tokens,
-        threads=settings.threads,
-        fault_marker=settings.fault_marker,
-        quantization=settings.quantization,
-        device_map=settings.device_map,
-    )
+    return Engine.load(EngineSettings.of(settings))
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:

@@ -53,12 +53,13 @@ class Piece:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    """How a choice's text ended, and how many tokens it generated."""
+    """How a choice's text ended, how many tokens it generated, and how many of its prompt's were cached."""
 
     index: int
     reason: FinishReason
     stop_reason: str | int | None
     completion_tokens: int
+    cached_tokens: int = 0
 
 
 class Chunks(Protocol):

@@ -38,6 +38,7 @@ class PlannedChoice:
     index: int
     request: GenerationRequest
     echo: str | None = None
+    prompt: int = 0  # which of the request's prompts (usage counts each prompt once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +155,7 @@ def _plan(
     sampling = _sampling(body, engine)
     stop_token_ids = frozenset(_check_token_ids(body.stop_token_ids or [], engine, "stop_token_ids"))
     choices: list[PlannedChoice] = []
-    for prompt in prompts:
+    for prompt_number, prompt in enumerate(prompts):
         tokens = _tokens(prompt, budget, engine.max_model_len)
         if sampling.min_tokens > tokens:
             raise InvalidRequest(f"min_tokens may be at most {budget.param} ({tokens}).", param="min_tokens")
@@ -171,7 +172,7 @@ def _plan(
                 prompt_logprobs=logprobs if echo_logprobs else None,
                 skip_special_tokens=body.skip_special_tokens is not False,
             )
-            choices.append(PlannedChoice(index, request, prompt.echo))
+            choices.append(PlannedChoice(index, request, prompt.echo, prompt_number))
     return ResponsePlan(
         response_id,
         model,

@@ -16,7 +16,8 @@ _TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 
 
 class _EngineCollector(Collector):
-    """The worker's counters at scrape time: requests running and waiting now, and how the others ended."""
+    """The worker's counters at scrape time: requests running and waiting now, how the others ended, and the KV
+    cache: preemptions, prefix-cache lookups and hits (in tokens), blocks in use."""
 
     def __init__(self, counters: Callable[[], Counters | None]) -> None:
         self._counters = counters
@@ -31,6 +32,24 @@ class _EngineCollector(Collector):
         for outcome in ("finished", "cancelled", "failed"):
             ended.add_metric([outcome], getattr(counters, outcome))
         yield ended
+        yield CounterMetricFamily(
+            "tokserve_requests_preempted",
+            "Times a running request was paused for lack of KV-cache blocks (it resumes later)",
+            value=counters.preempted,
+        )
+        yield CounterMetricFamily(
+            "tokserve_prefix_cache_queries",
+            "Prompt tokens looked up in the prefix cache",
+            value=counters.prefix_cache_queries,
+        )
+        yield CounterMetricFamily(
+            "tokserve_prefix_cache_hits", "Prompt tokens found in the prefix cache", value=counters.prefix_cache_hits
+        )
+        yield GaugeMetricFamily(
+            "tokserve_kv_cache_usage_ratio",
+            "Share of the KV cache's blocks held by requests (0-1)",
+            value=counters.kv_cache_usage,
+        )
 
 
 class Metrics:
