@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     prompt_logprobs_tokens: int = Field(
         256, ge=1, description="Most prompt positions per step whose logits are kept for prompt logprobs (`echo`)"
     )
+    no_cuda_graphs: bool = Field(
+        False, description="Run every decode step eagerly on CUDA instead of replaying CUDA graphs (for debugging)"
+    )
     no_prefix_caching: bool = Field(
         False,
         description="Do not reuse the KV cache of earlier requests whose tokens start the same way "

@@ -1,6 +1,7 @@
 """On a CUDA GPU: float16 and 4-bit loading, and a stream served from the GPU. A tiny random-weight model made from
 the embedded model's config (shrunk) and tokenizer, since GPU machines here cannot download weights."""
 
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Callable, Iterator
@@ -98,3 +99,28 @@ def test_a_batch_on_the_gpu_gives_each_request_its_text_alone(
         alone = [client.completions.create(prompt=prompt, **params).choices[0].text for prompt in prompts]
         batched = client.completions.create(prompt=prompts, **params).choices
     assert [choice.text for choice in sorted(batched, key=lambda choice: choice.index)] == alone
+
+
+def test_decode_steps_replayed_from_cuda_graphs_give_the_eager_tokens(
+    gpu_engine: Engine, tiny_model: Path, serve_app: Callable[[FastAPI], AbstractContextManager[str]]
+) -> None:
+    """The session engine replays its decode steps from CUDA graphs; an engine on the same model that runs them
+    eagerly gives the same greedy text, for batches and contexts that fall into several buckets (rows 1-8; contexts
+    past 256 and 512 tokens)."""
+    prompts = [f"Tale {number}: " + "the river runs past the town " * (number * 20) for number in range(6)]
+    params: dict[str, Any] = {"model": Settings(model=str(tiny_model)).model_name, "temperature": 0, "max_tokens": 24}
+    texts: list[list[str]] = []
+    eager = Engine(gpu_engine.loaded, dataclasses.replace(gpu_engine.settings, no_cuda_graphs=True))
+    try:
+        for engine in (gpu_engine, eager):
+            with (
+                serve_app(create_app(Settings(model=str(tiny_model)), engine=engine)) as url,
+                openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as client,
+            ):
+                batched = client.completions.create(prompt=prompts, **params).choices
+                alone = client.completions.create(prompt=prompts[-1], **params).choices
+            texts.append([choice.text for choice in sorted(batched, key=lambda choice: choice.index)] + [alone[0].text])
+    finally:
+        eager.close()
+    assert texts[0] == texts[1]
+    assert len(set(texts[0])) > 1  # the prompts differ, so must (most of) their texts

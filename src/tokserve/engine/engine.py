@@ -19,7 +19,7 @@ from tokserve.engine.fill_in_the_middle import FillInTheMiddle
 from tokserve.engine.kv_cache import KVCache
 from tokserve.engine.loading import LoadedModel, default_kv_cache_bytes, load_model
 from tokserve.engine.pacing import Pacer, attention_scale
-from tokserve.engine.runner import Runner
+from tokserve.engine.runner import DecodeGraphs, Runner
 from tokserve.engine.scheduler import Counters, Job, Scheduler, StepLimits
 from tokserve.engine.token_stream import TokenStream
 from tokserve.engine.vocabulary import Vocabulary
@@ -52,7 +52,11 @@ class Engine:
         allocator = BlockAllocator(blocks, BLOCK_SIZE, prefix_caching=not settings.no_prefix_caching)
         limits = StepLimits(settings.max_running, settings.prefill_tokens, settings.prompt_logprobs_tokens)
         self._scheduler = Scheduler(settings.max_queue, limits, allocator)
-        runner = Runner(loaded, KVCache(blocks, BLOCK_SIZE, loaded.model.dtype))
+        cache = KVCache(blocks, BLOCK_SIZE, loaded.model.dtype)
+        graphs = None
+        if loaded.device.type == "cuda" and not settings.no_cuda_graphs:
+            graphs = DecodeGraphs(loaded, cache, settings.max_running, self.max_model_len)
+        runner = Runner(loaded, cache, graphs)
         config = loaded.model.config.get_text_config()
         heads = config.num_attention_heads
         query_width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)

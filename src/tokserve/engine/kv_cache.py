@@ -50,12 +50,12 @@ class KVCache:
 @dataclass(slots=True)
 class Segment:
     """A row of several new tokens, `start..end` of the packed step; `context` the slots it attends to (its earlier
-    tokens and the new ones), None when nothing precedes the new tokens."""
+    tokens and the new ones) and `positions` the new tokens' positions, both None when nothing precedes them."""
 
     start: int
     end: int
-    context: torch.Tensor | None
-    positions: torch.Tensor | None  # the new tokens' positions, (tokens,), with `context`
+    context: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
     _masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
     def mask(self, window: int | None) -> torch.Tensor:
@@ -72,14 +72,20 @@ class Segment:
 
 @dataclass(slots=True)
 class StepLayout:
-    """Where one step's tokens are in the cache: built once per step, read by every layer."""
+    """Where one step's tokens are in the cache: built once per step, read by every layer.
+
+    Single-token rows are described by their block tables; the slots they attend to are derived on the device at
+    the first layer (inside a CUDA graph, when one replays the step).
+    """
 
     cache: KVCache
     slots: torch.Tensor  # (tokens,): where each new token's keys and values go
-    decode_tokens: torch.Tensor | None  # (rows,): the packed index of each single-token row
-    decode_context: torch.Tensor | None  # (rows, longest context): slots each attends to, padded with slot 0
-    decode_lengths: torch.Tensor | None  # (rows,): their context lengths
     segments: list[Segment]
+    decode_tokens: torch.Tensor | None = None  # (rows,): the packed index of each single-token row
+    decode_tables: torch.Tensor | None = None  # (rows, blocks): each row's blocks, padded with block 0
+    decode_lengths: torch.Tensor | None = None  # (rows,): their context lengths, the new token included
+    decode_width: int = 0  # context columns gathered: at least the longest context
+    _decode_context: torch.Tensor | None = None
     _decode_masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
@@ -92,35 +98,49 @@ class StepLayout:
         """The layout of rows given as (blocks, first new position, new tokens), in packed order."""
         size = cache.block_size
         slots: list[int] = []
-        decode: list[tuple[int, list[int]]] = []
+        decode_tokens: list[int] = []
+        decode_tables: list[Sequence[int]] = []
+        decode_lengths: list[int] = []
         segments: list[Segment] = []
         for blocks, start, count in rows:
             end = start + count
-            row_slots = [blocks[position // size] * size + position % size for position in range(end)]
             offset = len(slots)
-            slots += row_slots[start:]
+            slots += (blocks[position // size] * size + position % size for position in range(start, end))
             if count == 1:
-                decode.append((offset, row_slots))
+                decode_tokens.append(offset)
+                decode_tables.append(blocks[: (end + size - 1) // size])
+                decode_lengths.append(end)
             elif start == 0:
-                segments.append(Segment(offset, offset + count, None, None))
+                segments.append(Segment(offset, offset + count))
             else:
-                context = torch.tensor(row_slots, dtype=torch.long, device=device)
-                positions = torch.arange(start, end, device=device)
-                segments.append(Segment(offset, offset + count, context, positions))
-        layout = cls(cache, torch.tensor(slots, dtype=torch.long, device=device), None, None, None, segments)
-        if decode:
-            longest = max(len(row_slots) for _, row_slots in decode)
-            padded = [row_slots + [0] * (longest - len(row_slots)) for _, row_slots in decode]
-            layout.decode_tokens = torch.tensor([offset for offset, _ in decode], dtype=torch.long, device=device)
-            layout.decode_context = torch.tensor(padded, dtype=torch.long, device=device)
-            layout.decode_lengths = torch.tensor([len(row) for _, row in decode], dtype=torch.long, device=device)
+                table = torch.tensor(blocks[: (end + size - 1) // size], dtype=torch.long, device=device)
+                context = (table[:, None] * size + torch.arange(size, device=device)).reshape(-1)[:end]
+                segments.append(Segment(offset, offset + count, context, torch.arange(start, end, device=device)))
+        layout = cls(cache, torch.tensor(slots, dtype=torch.long, device=device), segments)
+        if decode_tokens:
+            width = max(len(table) for table in decode_tables)
+            padded = [list(table) + [0] * (width - len(table)) for table in decode_tables]
+            layout.decode_tokens = torch.tensor(decode_tokens, dtype=torch.long, device=device)
+            layout.decode_tables = torch.tensor(padded, dtype=torch.long, device=device)
+            layout.decode_lengths = torch.tensor(decode_lengths, dtype=torch.long, device=device)
+            layout.decode_width = max(decode_lengths)
         return layout
 
+    def decode_context(self) -> torch.Tensor:
+        """(rows, decode_width): the slots each single-token row attends to, padded with slots of block 0."""
+        if self._decode_context is None:
+            assert self.decode_tables is not None
+            size = self.cache.block_size
+            offsets = torch.arange(size, device=self.decode_tables.device)
+            slots = (self.decode_tables[:, :, None] * size + offsets).reshape(self.decode_tables.shape[0], -1)
+            self._decode_context = slots[:, : self.decode_width]
+        return self._decode_context
+
     def decode_mask(self, window: int | None) -> torch.Tensor:
-        """(rows, 1, 1, longest context): True on each decoding row's own context (within `window` if set)."""
+        """(rows, 1, 1, decode_width): True on each single-token row's own context (within `window` if set)."""
         if window not in self._decode_masks:
-            assert self.decode_context is not None and self.decode_lengths is not None
-            keys = torch.arange(self.decode_context.shape[1], device=self.decode_context.device)
+            assert self.decode_lengths is not None
+            keys = torch.arange(self.decode_width, device=self.decode_lengths.device)
             visible = keys[None, :] < self.decode_lengths[:, None]
             if window is not None:
                 visible &= keys[None, :] >= self.decode_lengths[:, None] - window
@@ -151,11 +171,12 @@ def paged_attention(
     values.index_copy_(0, layout.slots, value[0].transpose(0, 1).to(values.dtype))
     window = getattr(module, "sliding_window", None)
     output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # tokens, heads, dim
-    if layout.decode_tokens is not None and layout.decode_context is not None:
-        rows, longest = layout.decode_context.shape
-        flat = layout.decode_context.reshape(-1)
-        row_keys = keys.index_select(0, flat).view(rows, longest, *keys.shape[1:]).transpose(1, 2)
-        row_values = values.index_select(0, flat).view(rows, longest, *values.shape[1:]).transpose(1, 2)
+    if layout.decode_tokens is not None:
+        context = layout.decode_context()
+        rows, width = context.shape
+        flat = context.reshape(-1)
+        row_keys = keys.index_select(0, flat).view(rows, width, *keys.shape[1:]).transpose(1, 2)
+        row_values = values.index_select(0, flat).view(rows, width, *values.shape[1:]).transpose(1, 2)
         row_queries = query[0].index_select(1, layout.decode_tokens).transpose(0, 1)[:, :, None]
         attended = torch.nn.functional.scaled_dot_product_attention(
             row_queries,
@@ -178,10 +199,10 @@ def paged_attention(
                 enable_gqa=True,
             )
         else:
+            if segment.context is None:  # a sliding window over new tokens only: their own slots
+                segment.context = layout.slots[segment.start : segment.end]
+                segment.positions = torch.arange(segment.end - segment.start, device=segment.context.device)
             context = segment.context
-            if context is None:  # a sliding window over new tokens only: their own slots
-                context = layout.slots[segment.start : segment.end]
-                segment.context, segment.positions = context, torch.arange(len(context), device=context.device)
             segment_keys = keys.index_select(0, context).transpose(0, 1)[None]
             segment_values = values.index_select(0, context).transpose(0, 1)[None]
             attended = torch.nn.functional.scaled_dot_product_attention(

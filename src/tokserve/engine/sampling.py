@@ -88,10 +88,11 @@ class BatchSampler:
         elif not greedy:
             tokens = self._draw(x, rows)
         else:
-            tokens = torch.empty(len(rows), dtype=torch.long, device=x.device)
-            tokens.index_copy_(0, _tensor(greedy, torch.long, x.device), _select(x, greedy).argmax(dim=-1))
-            drawn_tokens = self._draw(_select(x, drawn), [rows[index] for index in drawn])
-            tokens.index_copy_(0, _tensor(drawn, torch.long, x.device), drawn_tokens)
+            tokens = _merge(
+                len(rows),
+                (greedy, _select(x, greedy).argmax(dim=-1)),
+                (drawn, self._draw(_select(x, drawn), [rows[index] for index in drawn])),
+            )
 
         # Everything the host needs, in one transfer: tokens, then the chosen logprobs, top values and top ids.
         parts = [tokens.double()]
@@ -122,50 +123,71 @@ class BatchSampler:
 
     def _draw(self, x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
         """One token per row of processed logits, all rows drawing: temperature, top-k, top-p, min-p, the race."""
-        vocabulary = x.shape[-1]
         params = [row.params for row in rows]
-        device = x.device
-        x = x / _column([p.temperature for p in params], torch.float32, device)
-        # E ~ Exponential(1): one call for the unseeded rows, then each seeded row's own from its generator.
-        # (torch's exponential_ does not return 0 on CPU or CUDA, so probs / E is never 0 / 0.)
+        x = x / _column([p.temperature for p in params], torch.float32, x.device)
+        # E ~ Exponential(1) as -log U, U uniform in [0, 1): E > 0, so probs / E is never 0 / 0 (and on CPU this is
+        # several times faster than exponential_). One call for the unseeded rows; a seeded row's U from its own.
         races = torch.empty_like(x)
         if any(row.generator is None for row in rows):
-            races.exponential_(generator=self._generator)
+            races.uniform_(generator=self._generator)
         for index, row in enumerate(rows):
             if row.generator is not None:
-                races[index].exponential_(generator=row.generator)
+                races[index].uniform_(generator=row.generator)
+        races = races.log_().neg_()
+        # Only the rows with a nucleus are sorted.
+        nucleus = [index for index, p in enumerate(params) if p.top_p < 1.0]
+        if not nucleus:
+            return _race(x, races, params)
+        if len(nucleus) == len(params):
+            return _race_sorted(x, races, params)
+        rest = [index for index, p in enumerate(params) if p.top_p >= 1.0]
+        return _merge(
+            len(rows),
+            (nucleus, _race_sorted(_select(x, nucleus), _select(races, nucleus), [params[i] for i in nucleus])),
+            (rest, _race(_select(x, rest), _select(races, rest), [params[i] for i in rest])),
+        )
 
-        top_k = [p.top_k if 0 < p.top_k < vocabulary else 0 for p in params]
-        if any(p.top_p < 1.0 for p in params):
-            # Sorted, for the nucleus: top-k is a cut of the sorted row, and the race compares each token with its
-            # own E, gathered into the same order.
-            ordered, order = torch.sort(x, dim=-1, descending=True)
-            if any(top_k):
-                kth = ordered.gather(-1, _column([k or vocabulary for k in top_k], torch.long, device) - 1)
-                ordered = ordered.masked_fill(ordered < kth, -torch.inf)
-            probs = torch.softmax(ordered, dim=-1)
-            mass_before = torch.cumsum(probs, dim=-1) - probs
-            cut = mass_before >= _column(
-                [p.top_p if p.top_p < 1.0 else torch.inf for p in params], torch.float32, device
-            )
-            cut[:, 0] = False  # the best token always stays
-            probs = probs.masked_fill_(cut, 0.0)
-            races = races.gather(-1, order)
-            best = probs[:, :1]
-        else:
-            order = None
-            if any(top_k):
-                values = torch.topk(x, max(top_k), dim=-1).values
-                kth = values.gather(-1, _column([max(k, 1) for k in top_k], torch.long, device) - 1)
-                kth = kth.masked_fill_(_column([k == 0 for k in top_k], torch.bool, device), -torch.inf)
-                x = x.masked_fill_(x < kth, -torch.inf)
-            probs = torch.softmax(x, dim=-1)
-            best = probs.amax(dim=-1, keepdim=True)
-        if any(p.min_p > 0.0 for p in params):
-            # Relative to the best token, so the nucleus's renormalisation would not change the cut: none is done.
-            probs = probs.masked_fill_(probs < _column([p.min_p for p in params], torch.float32, device) * best, 0.0)
-        winners = probs.div_(races).argmax(dim=-1, keepdim=True)
-        return (winners if order is None else order.gather(-1, winners))[:, 0]
+
+def _race(x: torch.Tensor, races: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Draws for rows without top-p: top-k from `topk` (no sort), min-p, then argmax(probs / E)."""
+    vocabulary = x.shape[-1]
+    top_k = [p.top_k if 0 < p.top_k < vocabulary else 0 for p in params]
+    if any(top_k):
+        values = torch.topk(x, max(top_k), dim=-1).values
+        kth = values.gather(-1, _column([max(k, 1) for k in top_k], torch.long, x.device) - 1)
+        kth = kth.masked_fill_(_column([k == 0 for k in top_k], torch.bool, x.device), -torch.inf)
+        x = x.masked_fill_(x < kth, -torch.inf)
+    probs = torch.softmax(x, dim=-1)
+    probs = _min_p(probs, probs.amax(dim=-1, keepdim=True), params)
+    return probs.div_(races).argmax(dim=-1)
+
+
+def _race_sorted(x: torch.Tensor, races: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Draws for rows with top-p, sorted: top-k is a cut of the sorted row, then the nucleus, min-p, and the race.
+
+    The race runs in sorted order (E is as random there): a row takes this path for its own parameters, whatever
+    shares the batch, and the stable sort orders ties the same way every time, so a seeded row still reproduces.
+    """
+    vocabulary, device = x.shape[-1], x.device
+    ordered, order = torch.sort(x, dim=-1, descending=True, stable=True)
+    top_k = [p.top_k if 0 < p.top_k < vocabulary else 0 for p in params]
+    if any(top_k):
+        kth = ordered.gather(-1, _column([k or vocabulary for k in top_k], torch.long, device) - 1)
+        ordered = ordered.masked_fill_(ordered < kth, -torch.inf)
+    probs = torch.softmax(ordered, dim=-1)
+    mass_before = torch.cumsum(probs, dim=-1).sub_(probs)
+    cut = mass_before >= _column([p.top_p for p in params], torch.float32, device)
+    cut[:, 0] = False  # the best token always stays
+    probs = _min_p(probs.masked_fill_(cut, 0.0), probs[:, :1], params)
+    winners = probs.div_(races).argmax(dim=-1, keepdim=True)
+    return order.gather(-1, winners)[:, 0]
+
+
+def _min_p(probs: torch.Tensor, best: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Zero what is under min_p times the best token's probability (relative: no renormalisation needed)."""
+    if all(p.min_p <= 0.0 for p in params):
+        return probs
+    return probs.masked_fill_(probs < _column([p.min_p for p in params], torch.float32, probs.device) * best, 0.0)
 
 
 def _process(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
@@ -236,6 +258,15 @@ def _select(x: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
     if len(indices) == len(x):
         return x
     return x.index_select(0, _tensor(indices, torch.long, x.device))
+
+
+def _merge(size: int, *parts: tuple[Sequence[int], torch.Tensor]) -> torch.Tensor:
+    """One tensor of `size` rows from parts that each hold some of them: (their indices, their values)."""
+    first = parts[0][1]
+    merged = first.new_empty((size, *first.shape[1:]))
+    for indices, values in parts:
+        merged.index_copy_(0, _tensor(indices, torch.long, first.device), values)
+    return merged
 
 
 def _tensor(values: Sequence[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -289,29 +289,33 @@ class Scheduler:
     def _shares_an_unread_prompt(self, sequence: Sequence) -> bool:
         """Whether a running sequence is still reading the same prompt (another choice of the same request): this
         one waits for it, then reuses its blocks."""
-        if not self._allocator.prefix_caching or sequence.generated:
+        if not self._allocator.prefix_caching or sequence.generated or sequence.wants_prompt_logits:
             return False
         return any(
             other.generated == 0 and other.remaining > 1 and other.tokens == sequence.tokens for other in self._running
         )
 
     def _share(self, units: float, scale: float, chunks: list[Chunk], unfit: list[Sequence]) -> None:
-        """Give the prompts being read equal parts of `units`, passing on what a part does not need."""
-        reading = [sequence for sequence in self._running if sequence.remaining > 1]
+        """Give the prompts being read (and sequences admitted with one token left) equal parts of `units`, passing
+        on what a part does not need; prompt positions with logits are bounded per step too."""
+        planned = {id(chunk.sequence) for chunk in chunks}
+        reading = [sequence for sequence in self._running if id(sequence) not in planned and sequence.remaining]
         tokens_left = self._limits.prefill_tokens
+        logits_left = self._limits.prompt_logprobs_tokens
         for index, sequence in enumerate(reading):
             if sequence not in self._running:  # preempted to make room for an earlier one
                 continue
-            part = units / (len(reading) - index)
+            part = max(0.0, units) / (len(reading) - index)
             count = min(max(1, _tokens_for(part, sequence.computed, scale)), sequence.remaining, tokens_left)
             if sequence.wants_prompt_logits:
-                count = min(count, self._limits.prompt_logprobs_tokens)
+                count = min(count, logits_left)
             if count <= 0:
-                break
+                continue
             start = sequence.computed
             if self._plan(sequence, start + count, chunks, unfit):
                 units -= token_cost(start, count, scale)
                 tokens_left -= count
+                logits_left -= count if sequence.wants_prompt_logits else 0
 
     def _plan(self, sequence: Sequence, end: int, chunks: list[Chunk], unfit: list[Sequence]) -> bool:
         """Add `sequence` up to `end` to the plan, with the blocks it needs, preempting for them; whether it is in."""

@@ -143,6 +143,7 @@ class Worker:
                     top = sequence.job.request.prompt_logprobs or 0
                     # Position i predicts token i + 1: the prompt's last position predicts the first generated one.
                     targets = sequence.tokens[chunk.start + 1 : chunk.end + 1]
+                    del generation.prompt_logprobs[chunk.start :]  # read again after a preemption
                     generation.prompt_logprobs += prompt_logprobs(logits, targets, top)
                 if not chunk.samples:
                     continue
