@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
+from openai.types import CompletionChoice
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
@@ -302,3 +304,15 @@ def _wait_ready(server: TokserveProcess) -> None:
 def start_tokserve() -> Callable[..., AbstractContextManager[TokserveProcess]]:
     """`with start_tokserve(log_path, "--flag", ...) as server`: a real `tokserve serve` process."""
     return tokserve_process
+
+
+def assert_same_greedy_text(one: CompletionChoice, other: CompletionChoice) -> None:
+    """Two greedy completions (asked with `logprobs` >= 2) of one prompt have the same tokens, but where a numeric
+    near-tie let one pick the runner-up: at the first difference, the other's token was (nearly) the best too."""
+    assert one.logprobs is not None and other.logprobs is not None
+    one_tokens, other_tokens = one.logprobs.tokens or [], other.logprobs.tokens or []
+    if one_tokens == other_tokens:
+        return
+    at = next(i for i, (a, b) in enumerate(zip(one_tokens, other_tokens, strict=False)) if a != b)
+    top = (one.logprobs.top_logprobs or [])[at]
+    assert other_tokens[at] in top and math.isclose(top[other_tokens[at]], top[one_tokens[at]], abs_tol=1e-3)

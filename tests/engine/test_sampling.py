@@ -80,6 +80,25 @@ def test_seeded_row_is_the_same_alone_and_in_a_batch() -> None:
         assert together(rows, logits, 30)[2] == expected
 
 
+def test_draws_follow_the_distribution() -> None:
+    """20,000 unseeded rows in one call: each token's share is its probability, within 5 standard deviations."""
+    count = 20_000
+    probs = torch.softmax(LOGITS / 0.8, dim=-1)
+    ordered = probs.sort(descending=True)
+    kept = ordered.indices[ordered.values.cumsum(0) - ordered.values < 0.8]
+    assert kept.tolist() == [1, 4, 2]  # the mass before 0 (0.95) reaches 0.8
+    truncated = torch.zeros_like(probs).index_copy_(0, kept, probs[kept])
+    for params, expected in (
+        (SamplingParams(temperature=0.8), probs),
+        (SamplingParams(temperature=0.8, top_p=0.8), truncated / truncated.sum()),
+    ):
+        rows = [SamplingState(params, CPU) for _ in range(count)]
+        sampled = BatchSampler(CPU).sample(LOGITS.expand(count, -1), rows, [None] * count)
+        shares = torch.bincount(torch.tensor([result.token_id for result in sampled]), minlength=5) / count
+        tolerance = 5 * (expected * (1 - expected) / count).sqrt()
+        assert ((shares - expected).abs() <= tolerance).all(), (shares, expected)
+
+
 def test_top_p_keeps_the_nucleus() -> None:
     assert set(alone(SamplingParams(temperature=1.0, top_p=0.5, seed=0), steps=200)) == {1, 4}  # 0.36 + 0.33 >= 0.5
     assert set(alone(SamplingParams(temperature=1.0, top_p=0.0, seed=0), steps=50)) == {1}
@@ -257,8 +276,8 @@ def test_work_no_row_needs_is_skipped(forbidden: Callable[[str], None]) -> None:
     rows = [SamplingState(SamplingParams(temperature=0.7, seed=1), CPU), SamplingState(SamplingParams(), CPU)]
     together(rows, torch.stack([LOGITS, LOGITS]), 2)
     # All greedy: no draw at all.
-    forbidden("softmax")
-    forbidden("Tensor.exponential_")
+    for name in ("softmax", "Tensor.uniform_", "Tensor.exponential_"):
+        forbidden(name)
     assert together([SamplingState(SamplingParams(temperature=0.0), CPU)], LOGITS[None], 2) == [[1, 1]]
 
 

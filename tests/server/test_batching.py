@@ -2,7 +2,6 @@
 in front of the batch is bounded (429 + Retry-After) and forgets requests whose client left."""
 
 import asyncio
-import math
 import socket
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -14,6 +13,7 @@ import openai
 import pytest
 from starlette.types import ASGIApp
 
+from conftest import assert_same_greedy_text
 from tokserve.config import Settings
 from tokserve.engine import Engine
 from tokserve.server import create_app
@@ -39,15 +39,7 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch_of_8(
     wait_idle()
     batched = sorted(client.completions.create(prompt=PROMPTS, **params).choices, key=lambda choice: choice.index)
     for one, many in zip(alone, batched, strict=True):
-        assert one.logprobs is not None and many.logprobs is not None
-        one_tokens, many_tokens = one.logprobs.tokens or [], many.logprobs.tokens or []
-        if one_tokens == many_tokens:
-            continue
-        # Only a numeric near-tie may change a greedy choice: at the first difference the batch's pick was (nearly)
-        # the best alone too.
-        at = next(i for i, (a, b) in enumerate(zip(one_tokens, many_tokens, strict=False)) if a != b)
-        top = (one.logprobs.top_logprobs or [])[at]
-        assert many_tokens[at] in top and math.isclose(top[many_tokens[at]], top[one_tokens[at]], abs_tol=1e-3)
+        assert_same_greedy_text(one, many)
 
 
 async def _chat(client: openai.AsyncOpenAI, request: dict[str, Any]) -> list[str]:

@@ -52,7 +52,7 @@ class LoadedModel:
         (versions, weights, dtype, device, quantization, prefix caching), so a client that relies on `seed` sees
         when reproducibility cannot hold."""
         backend = {
-            "tokserve": importlib.metadata.version("tokserve"),
+            "tokserve": _version("tokserve"),
             "transformers": importlib.metadata.version("transformers"),
             "torch": torch.__version__,
             "model": self.model.config.name_or_path,
@@ -218,3 +218,11 @@ def _check_attention_only(model: PreTrainedModel) -> None:
         raise StartupError(
             f"This model has {', '.join(sorted(others))} layers; tokserve's KV cache serves attention layers only."
         )
+
+
+def _version(package: str) -> str:
+    """The installed version, or "source" when running from a checkout that is not installed (PYTHONPATH=src)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "source"
