@@ -34,11 +34,12 @@ class KVCache:
         self._layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def layer(self, index: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer `index`'s (keys, values), each (slots, kv heads, head dim), made on first use after `like`
-        (1, kv heads, tokens, head dim)."""
+        """Layer `index`'s (keys, values), each (kv heads, slots, head dim), made on first use after `like`
+        (1, kv heads, tokens, head dim). Slots in the middle: a gather of slots gives each head's keys in one
+        contiguous piece, as the matrix products of attention want them."""
         tensors = self._layers.get(index)
         if tensors is None:
-            shape = (self.blocks * self.block_size, like.shape[1], like.shape[3])
+            shape = (like.shape[1], self.blocks * self.block_size, like.shape[3])
             tensors = (
                 torch.empty(shape, dtype=self._dtype, device=like.device),
                 torch.empty(shape, dtype=self._dtype, device=like.device),
@@ -87,6 +88,7 @@ class StepLayout:
     decode_width: int = 0  # context columns gathered: at least the longest context
     _decode_context: torch.Tensor | None = None
     _decode_masks: dict[int | None, torch.Tensor] = field(default_factory=dict)
+    _by_head: dict[tuple[str, int, int], torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -136,6 +138,15 @@ class StepLayout:
             self._decode_context = slots[:, : self.decode_width]
         return self._decode_context
 
+    def by_head(self, name: str, slots: torch.Tensor, heads: int, per_head: int) -> torch.Tensor:
+        """`slots` as rows of a (heads x per_head, dim) view of one layer's keys: head-major, every head's slots in
+        turn. Gathering and scattering along the first dimension is several times faster than along the second."""
+        key = (name, heads, per_head)
+        if key not in self._by_head:
+            offsets = torch.arange(heads, device=slots.device)[:, None] * per_head
+            self._by_head[key] = (offsets + slots.reshape(1, -1)).reshape(-1)
+        return self._by_head[key]
+
     def decode_mask(self, window: int | None) -> torch.Tensor:
         """(rows, 1, 1, decode_width): True on each single-token row's own context (within `window` if set)."""
         if window not in self._decode_masks:
@@ -167,27 +178,26 @@ def paged_attention(
         )
         return output, None
     keys, values = layout.cache.layer(module.__dict__["layer_idx"], key)  # a plain int attribute of the module
-    keys.index_copy_(0, layout.slots, key[0].transpose(0, 1).to(keys.dtype))
-    values.index_copy_(0, layout.slots, value[0].transpose(0, 1).to(values.dtype))
+    heads, per_head, dim = keys.shape
+    flat_keys, flat_values = keys.view(heads * per_head, dim), values.view(heads * per_head, dim)
+    written = layout.by_head("new", layout.slots, heads, per_head)
+    flat_keys.index_copy_(0, written, key[0].reshape(-1, dim).to(keys.dtype))
+    flat_values.index_copy_(0, written, value[0].reshape(-1, dim).to(values.dtype))
     window = getattr(module, "sliding_window", None)
     output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # tokens, heads, dim
     if layout.decode_tokens is not None:
         context = layout.decode_context()
         rows, width = context.shape
-        flat = context.reshape(-1)
-        row_keys = keys.index_select(0, flat).view(rows, width, *keys.shape[1:]).transpose(1, 2)
-        row_values = values.index_select(0, flat).view(rows, width, *values.shape[1:]).transpose(1, 2)
-        row_queries = query[0].index_select(1, layout.decode_tokens).transpose(0, 1)[:, :, None]
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            row_queries,
-            row_keys.to(query.dtype),
-            row_values.to(query.dtype),
-            attn_mask=layout.decode_mask(window),
-            scale=scaling,
-            enable_gqa=True,
+        read = layout.by_head("decode", context, heads, per_head)
+        attended = _attend_one_token(
+            query[0].index_select(1, layout.decode_tokens).transpose(0, 1),
+            flat_keys.index_select(0, read).view(heads, rows, width, dim),
+            flat_values.index_select(0, read).view(heads, rows, width, dim),
+            layout.decode_mask(window),
+            scaling,
         )
-        output.index_copy_(0, layout.decode_tokens, attended[:, :, 0])
-    for segment in layout.segments:
+        output.index_copy_(0, layout.decode_tokens, attended)
+    for number, segment in enumerate(layout.segments):
         segment_queries = query[:, :, segment.start : segment.end]
         if segment.context is None and window is None:
             attended = torch.nn.functional.scaled_dot_product_attention(
@@ -202,19 +212,46 @@ def paged_attention(
             if segment.context is None:  # a sliding window over new tokens only: their own slots
                 segment.context = layout.slots[segment.start : segment.end]
                 segment.positions = torch.arange(segment.end - segment.start, device=segment.context.device)
-            context = segment.context
-            segment_keys = keys.index_select(0, context).transpose(0, 1)[None]
-            segment_values = values.index_select(0, context).transpose(0, 1)[None]
+            read = layout.by_head(f"segment {number}", segment.context, heads, per_head)
             attended = torch.nn.functional.scaled_dot_product_attention(
                 segment_queries,
-                segment_keys.to(query.dtype),
-                segment_values.to(query.dtype),
+                flat_keys.index_select(0, read).view(1, heads, -1, dim).to(query.dtype),
+                flat_values.index_select(0, read).view(1, heads, -1, dim).to(query.dtype),
                 attn_mask=segment.mask(window),
                 scale=scaling,
                 enable_gqa=True,
             )
         output[segment.start : segment.end] = attended[0].transpose(0, 1)
     return output[None], None
+
+
+def _attend_one_token(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float | None
+) -> torch.Tensor:
+    """Attention of rows of one query each: queries (rows, heads, dim), keys and values (kv heads, rows, context,
+    dim) as gathered, mask (rows, 1, 1, context); returns (rows, heads, dim).
+
+    On a CPU as matrix products over (kv head, row) with the softmax in float32, as transformers' eager attention
+    does: for a single query, torch's fused CPU kernel is several times slower, in bfloat16 most of all. Elsewhere
+    the fused kernel."""
+    rows, heads, dim = queries.shape
+    kv_heads = keys.shape[0]
+    if queries.device.type != "cpu":
+        attended = torch.nn.functional.scaled_dot_product_attention(
+            queries[:, :, None],
+            keys.transpose(0, 1).to(queries.dtype),
+            values.transpose(0, 1).to(queries.dtype),
+            attn_mask=mask,
+            scale=scaling,
+            enable_gqa=True,
+        )
+        return attended[:, :, 0]
+    # Query head h reads kv head h // group: (kv heads, rows, group, dim), matched to the keys' leading dimensions.
+    grouped = queries.view(rows, kv_heads, heads // kv_heads, dim).transpose(0, 1)
+    scores = torch.matmul(grouped, keys.to(queries.dtype).transpose(-1, -2)) * (scaling or dim**-0.5)
+    weights = scores.masked_fill(~mask.view(1, rows, 1, -1), -torch.inf).softmax(-1, dtype=torch.float32)
+    attended = torch.matmul(weights.to(queries.dtype), values.to(queries.dtype))
+    return attended.transpose(0, 1).reshape(rows, heads, dim)
 
 
 AttentionInterface.register(ATTENTION, paged_attention)
