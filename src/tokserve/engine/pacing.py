@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from tokserve.engine.scheduler import Chunk, token_cost
 
-_SMOOTHING = 0.3  # weight of the newest step in the running averages
-_FIRST_UNITS = 64.0  # while decoding, before anything was measured
+_SMOOTHING = 0.5  # weight of the newest step in the running averages: contexts change from step to step
+_FIRST_UNITS = 32.0  # while decoding, before a step of prompt reading beside decoding was measured
 _LEAST_UNITS = 16.0  # a step always reads some prompt, so a prompt is never stalled
 _EXTRA = 1.0  # a step with prompt reading may take (1 + _EXTRA) x a plain decode step
 
@@ -24,7 +24,7 @@ class Pacer:
         self.scale = scale
         self._cap = float(prefill_tokens)
         self._decode_seconds: float | None = None  # a step that reads no prompt
-        self._unit_seconds: float | None = None  # one unit of prompt reading
+        self._unit_seconds: float | None = None  # one unit of prompt reading beside decoding rows
 
     def prefill_units(self, decoding: int) -> float:
         """The units the next step's prompts may take, `decoding` rows decoding beside them."""
@@ -45,9 +45,10 @@ class Pacer:
         if not units:
             self._decode_seconds = _average(self._decode_seconds, seconds)
             return
-        prompt_seconds = seconds - (self._decode_seconds or 0.0) if decoding else seconds
-        if prompt_seconds > 0:
-            self._unit_seconds = _average(self._unit_seconds, prompt_seconds / units)
+        # Learnt only from steps that also decode: a big chunk read alone costs less per unit than the small ones
+        # read beside decoding rows, and would make the next of those too big.
+        if decoding and self._decode_seconds is not None and seconds > self._decode_seconds:
+            self._unit_seconds = _average(self._unit_seconds, (seconds - self._decode_seconds) / units)
 
 
 def _average(mean: float | None, value: float) -> float:
