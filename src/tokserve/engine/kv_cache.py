@@ -1,15 +1,17 @@
 """The KV cache's memory and the attention that reads it, plugged into transformers' models by name.
 
-Each attention layer keeps its keys and values in one tensor of `slots` rows (block b holds slots b*size ..
-(b+1)*size - 1), made with `torch.empty` at the layer's first call on the layer's own device: on a CPU, pages the
-cache never reached stay untouched memory. A step is one packed sequence (batch 1, every row's new tokens one after
-another, each with its own position); `StepLayout` says where each new token's keys and values go and which slots
-each row attends to. The model runs with `attn_implementation=ATTENTION` and gets the layout as the forward keyword
-`tokserve_step`; without it (a plain `model.generate`), the function is transformers' own SDPA attention.
+Each attention layer keeps its keys, and its values, in one tensor of (kv heads, slots, head dim) (block b holds
+slots b*size .. (b+1)*size - 1), made with `torch.empty` at the layer's first call on the layer's own device: on a
+CPU, pages the cache never reached stay untouched memory. A step is one packed sequence (batch 1, every row's new
+tokens one after another, each with its own position); `StepLayout` says where each new token's keys and values go
+and which slots each row attends to. The model runs with `attn_implementation=ATTENTION` and gets the layout as the
+forward keyword `tokserve_step`; without it (a plain `model.generate`), the function is transformers' own SDPA
+attention.
 
 Attention per layer: the new keys and values are written to their slots; single-token rows (decoding) attend
-together, their contexts gathered into one padded batch with a mask; a row of several tokens (a prompt chunk)
-attends alone, to its new tokens directly when nothing precedes them, else to its gathered context.
+together, their contexts gathered into one padded batch with a mask (on a CPU as plain matrix products, see
+`_attend_one_token`); a row of several tokens (a prompt chunk) attends alone with SDPA, to its new tokens directly
+when nothing precedes them, else to its gathered context.
 """
 
 from collections.abc import Sequence

@@ -180,19 +180,18 @@ class Worker:
             end = "eos"
         elif sequence.generated == request.max_tokens:
             end = "length"
-        sequence.job.stream.push(
-            TokenEvent(
-                token_id=token_id,
-                end=end,
-                logprobs=logprobs,
-                prompt_logprobs=tuple(generation.prompt_logprobs) if first and request.prompt_logprobs else None,
-                cached_tokens=sequence.cached_tokens if first else None,
-            )
+        event = TokenEvent(
+            token_id=token_id,
+            end=end,
+            logprobs=logprobs,
+            prompt_logprobs=tuple(generation.prompt_logprobs) if first and request.prompt_logprobs else None,
+            cached_tokens=sequence.cached_tokens if first else None,
         )
         if first:
             generation.prompt_logprobs = []
-        if end is not None:
+        if end is not None:  # counted before the client can see its last token
             self._scheduler.done(sequence, "finished")
+        sequence.job.stream.push(event)
 
     def _end_ids(self, sequence: Sequence) -> frozenset[int]:
         return self._loaded.eos_ids | sequence.job.request.stop_token_ids
