@@ -169,6 +169,10 @@ class Timing:
     prefix_cache_hits: int
     note: str = ""
 
+    def add_note(self, text: str) -> None:
+        """Put `text` before what the note already says."""
+        self.note = text + (f"; {self.note}" if self.note else "")
+
 
 @dataclass(slots=True)
 class Report:
@@ -381,25 +385,33 @@ def run_modes(
     return timings, skipped
 
 
+def graphs_and_eager(
+    part: str,
+    batches: tuple[int, ...],
+    device: torch.device,
+    scale: Scale,
+    over_budget: Callable[[], bool],
+    warnings: CaptureWarnings,
+) -> tuple[BenchModel, list[Timing], list[str]]:
+    """A small model built, then timed with CUDA graphs and eagerly at each batch size."""
+    loaded = build_model(part, device, scale.tiny)
+    timings, skipped = run_modes(
+        loaded, part, ("graphs", "eager"), batches, scale.small_kv_gib, scale, over_budget, warnings
+    )
+    return loaded, timings, skipped
+
+
 def part_smollm2(
     device: torch.device, scale: Scale, over_budget: Callable[[], bool], warnings: CaptureWarnings
 ) -> PartResult:
-    loaded = build_model("smollm2-135m", device, scale.tiny)
-    timings, skipped = run_modes(
-        loaded,
-        "smollm2-135m",
-        ("graphs", "eager"),
-        scale.small_batches,
-        scale.small_kv_gib,
-        scale,
-        over_budget,
-        warnings,
+    loaded, timings, skipped = graphs_and_eager(
+        "smollm2-135m", scale.small_batches, device, scale, over_budget, warnings
     )
     targets = dict(zip(scale.small_batches, SMOLLM2_TARGETS.values(), strict=True))
     for timing in timings:
         target = targets[timing.batch]
         met = "met" if timing.tokens_per_s >= target else "MISSED"
-        timing.note = f"target >= {target:.0f} tok/s: {met}" + (f"; {timing.note}" if timing.note else "")
+        timing.add_note(f"target >= {target:.0f} tok/s: {met}")
     summary = {
         "targets_tok_s": {str(batch): target for batch, target in targets.items()},
         "skipped": skipped,
@@ -411,16 +423,8 @@ def part_smollm2(
 def part_qwen(
     device: torch.device, scale: Scale, over_budget: Callable[[], bool], warnings: CaptureWarnings
 ) -> PartResult:
-    loaded = build_model("qwen2.5-0.5b", device, scale.tiny)
-    timings, skipped = run_modes(
-        loaded,
-        "qwen2.5-0.5b",
-        ("graphs", "eager"),
-        scale.step_batches,
-        scale.small_kv_gib,
-        scale,
-        over_budget,
-        warnings,
+    loaded, timings, skipped = graphs_and_eager(
+        "qwen2.5-0.5b", scale.step_batches, device, scale, over_budget, warnings
     )
     ratios: dict[str, dict[str, float]] = {}
     by_key = {(timing.mode, timing.batch): timing for timing in timings}
@@ -430,10 +434,10 @@ def part_qwen(
             ratio = timing.step_ms / graphs.step_ms
             decode_ratio = timing.decode_step_ms / graphs.decode_step_ms
             ratios[str(timing.batch)] = {"step": ratio, "decode_step": decode_ratio}
-            timing.note = f"eager/graphs {ratio:.2f}x" + (f"; {timing.note}" if timing.note else "")
+            timing.add_note(f"eager/graphs {ratio:.2f}x")
         elif timing.mode == "graphs":
             vs = timing.step_ms / VLLM_STEP_MS
-            timing.note = f"{vs:.2f}x vLLM's ~{VLLM_STEP_MS} ms" + (f"; {timing.note}" if timing.note else "")
+            timing.add_note(f"{vs:.2f}x vLLM's ~{VLLM_STEP_MS} ms")
     summary = {
         "eager_over_graphs": ratios,
         "vllm_reference_step_ms": VLLM_STEP_MS,
@@ -467,9 +471,7 @@ def part_llama8b(
         read_fraction = (model_bytes - embedding_bytes) * timing.tokens_per_s / copy
         summary |= {"fraction_of_copy_rate": fraction, "fraction_without_input_embedding": read_fraction}
         met = "met" if fraction >= BANDWIDTH_TARGET else "MISSED"
-        timing.note = f"{100 * fraction:.0f}% of copy rate {copy / 1e12:.2f} TB/s (target >= 50%: {met})" + (
-            f"; {timing.note}" if timing.note else ""
-        )
+        timing.add_note(f"{100 * fraction:.0f}% of copy rate {copy / 1e12:.2f} TB/s (target >= 50%: {met})")
     return timings, summary
 
 

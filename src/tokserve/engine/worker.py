@@ -121,7 +121,10 @@ class Worker:
                     self._fault.check_worker(request.prompt_ids)  # outside any per-request handling: ends the thread
                 try:
                     sampling = SamplingState(
-                        request.sampling, self._loaded.device, request.prompt_ids, self._end_ids(sequence)
+                        request.sampling,
+                        self._loaded.device,
+                        request.prompt_ids,
+                        self._loaded.eos_ids | request.stop_token_ids,
                     )
                 except Exception:
                     self._fail([sequence])
@@ -192,9 +195,6 @@ class Worker:
         if end is not None:  # counted before the client can see its last token
             self._scheduler.done(sequence, "finished")
         sequence.job.stream.push(event)
-
-    def _end_ids(self, sequence: Sequence) -> frozenset[int]:
-        return self._loaded.eos_ids | sequence.job.request.stop_token_ids
 
     def _fail(self, sequences: Sequences[Sequence]) -> None:
         for sequence in sequences:
