@@ -6,8 +6,9 @@ from typing import Literal, Protocol
 
 from tokserve.errors import TokservError
 
-# eos: one of the model's end-of-sequence ids; stop_token: one of the request's stop_token_ids.
-EndReason = Literal["eos", "stop_token", "length"]
+# eos: one of the model's end-of-sequence ids; stop_token: one of the request's stop_token_ids; grammar: the
+# request's grammar is complete (nothing but the end could follow).
+EndReason = Literal["eos", "stop_token", "grammar", "length"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,9 @@ class GenerationRequest:
     """One generation: prompt token ids, how many tokens at most, how to sample, when to end, what to report.
 
     Generation ends at the model's end-of-sequence ids (unless `ignore_eos`), at `stop_token_ids`, or after
-    `max_tokens`. `logprobs` asks for the sampled token's log-probability and that many top alternatives;
-    `prompt_logprobs` the same for each prompt token after the first.
+    `max_tokens`, or once its `grammar` (llguidance's text, checked by `Engine.grammar_error`) is complete: every
+    token is drawn from those the grammar allows. `logprobs` asks for the sampled token's log-probability and that
+    many top alternatives; `prompt_logprobs` the same for each prompt token after the first.
     """
 
     request_id: str
@@ -53,6 +55,7 @@ class GenerationRequest:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    grammar: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

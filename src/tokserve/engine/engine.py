@@ -12,6 +12,7 @@ import torch
 
 from tokserve.engine.blocks import BlockAllocator
 from tokserve.engine.chat_template import encode_chat
+from tokserve.engine.constraints import Grammars
 from tokserve.engine.crossing import EngineSettings, GenerationRequest, SamplingParams
 from tokserve.engine.detokenizer import Decoder
 from tokserve.engine.faults import FaultHook
@@ -65,7 +66,9 @@ class Engine:
             attention_scale(loaded.model.num_parameters(), config.num_hidden_layers, query_width),
         )
         fault = FaultHook(settings.fault_marker, loaded.tokenizer.backend_tokenizer) if settings.fault_marker else None
-        self._worker = Worker(loaded, self._scheduler, runner, pacer, fault)
+        # The logits' width: a model may have more rows than its tokenizer has tokens.
+        self._grammars = Grammars(loaded.tokenizer.backend_tokenizer, config.vocab_size, loaded.eos_ids)
+        self._worker = Worker(loaded, self._scheduler, runner, pacer, self._grammars, fault)
         self._worker.start()
         logger.info(
             "Batching up to %d requests; KV cache %.2f GiB: %d blocks of %d tokens (%d tokens)%s",
@@ -134,6 +137,11 @@ class Engine:
         suffix_ids = self._loaded.tokenizer.encode(suffix, add_special_tokens=False)
         return self._fill_in_the_middle.prompt(prefix, [int(token_id) for token_id in suffix_ids])
 
+    def grammar_error(self, grammar: str) -> str | None:
+        """Why llguidance cannot constrain generation with this grammar, or None. Blocking (it compiles the grammar,
+        off the GIL): the server calls it in a thread, before submitting."""
+        return self._grammars.error(grammar)
+
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         """The text of whole token ids; a character left incomplete at the end is left out."""
         text: str = self._loaded.tokenizer.backend_tokenizer.decode(
@@ -161,6 +169,7 @@ class Engine:
     def close(self) -> None:
         """Fail waiting requests, end the running one at its next step, stop the worker."""
         self._worker.stop()
+        self._grammars.close()
 
     async def _warm_up(self) -> None:
         prompt = tuple(self.encode_text(_WARM_UP_PROMPT))

@@ -79,7 +79,7 @@ class BatchSampler:
         reported = [index for index, top in enumerate(logprobs) if top is not None]
         # log_softmax before the processors change x; the chosen tokens' entries are taken once they are known.
         log_probs = torch.log_softmax(_select(x, reported), dim=-1) if reported else None
-        x = _process(x, rows)
+        x = _process(x, rows) if allowed is None else _never_empty(_process(x, rows), x)
 
         greedy = [index for index, row in enumerate(rows) if row.params.greedy]
         drawn = [index for index, row in enumerate(rows) if not row.params.greedy]
@@ -225,6 +225,12 @@ def _process(x: torch.Tensor, rows: Sequence[SamplingState]) -> torch.Tensor:
         presence = _column([row.params.presence_penalty for row in rows], x.dtype, device)
         x = x - frequency * counts - presence * (counts > 0).to(x.dtype)
     return x
+
+
+def _never_empty(processed: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """A constrained row the processors left with no token (`min_tokens` or a stop id hiding the only end its grammar
+    allows, a bias of -inf) falls back to what its grammar allows: never a draw from nothing (NaN)."""
+    return torch.where(torch.isneginf(processed).all(dim=-1, keepdim=True), allowed, processed)
 
 
 def _positions(

@@ -20,7 +20,10 @@ class Vocabulary:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tokenizer = tokenizer
         self.size = tokenizer.get_vocab_size(with_added_tokens=True)
-        self._added = {token_id: token.content for token_id, token in tokenizer.get_added_tokens_decoder().items()}
+        added = tokenizer.get_added_tokens_decoder()
+        self._added = {token_id: token.content for token_id, token in added.items()}
+        # The special tokens by text: markup such as Mistral's [TOOL_CALLS] is one, which a grammar names by id.
+        self.special = {token.content: token_id for token_id, token in added.items() if token.special}
         self._byte_level = _decodes_byte_level(tokenizer)
         self._cache: dict[int, tuple[str, bytes | None]] = {}
 

@@ -10,10 +10,12 @@ import logging
 import threading
 import time
 from collections.abc import Sequence as Sequences
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
 
+from tokserve.engine.constraints import Constraint, Grammars
 from tokserve.engine.crossing import EndReason, TokenEvent, TokenLogprobs
 from tokserve.engine.faults import FaultHook, InjectedFault
 from tokserve.engine.loading import LoadedModel
@@ -33,7 +35,16 @@ class Generation:
 
     sampling: SamplingState
     failing_step: int | None
+    constraint: Constraint | None = None
     prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Masks:
+    """The token masks of a step's constrained sampling sequences, being filled while the forward pass runs."""
+
+    sequences: list[Sequence]
+    allowed: "Future[torch.Tensor]"
 
 
 class Worker:
@@ -45,9 +56,11 @@ class Worker:
         scheduler: Scheduler,
         runner: Runner,
         pacer: Pacer,
+        grammars: Grammars,
         fault: FaultHook | None = None,
     ) -> None:
         self._loaded = loaded
+        self._grammars = grammars
         self._scheduler = scheduler
         self._runner = runner
         self._pacer = pacer
@@ -100,13 +113,14 @@ class Worker:
         chunks = self._start(chunks)
         if not chunks:
             return True
+        masks = self._masks(chunks)
         started = time.perf_counter()
         try:
             step = self._runner.forward(chunks)
         except Exception:
             self._fail([chunk.sequence for chunk in chunks])
             return True
-        self._sample(chunks, step)
+        self._sample(chunks, step, masks)
         self._pacer.record(time.perf_counter() - started, chunks)
         return True
 
@@ -126,15 +140,25 @@ class Worker:
                         request.prompt_ids,
                         self._loaded.eos_ids | request.stop_token_ids,
                     )
+                    constraint = self._grammars.constraint(request.grammar) if request.grammar else None
                 except Exception:
                     self._fail([sequence])
                     continue
                 failing_step = self._fault.failing_step(request.prompt_ids) if self._fault else None
-                sequence.state = Generation(sampling, failing_step)
+                sequence.state = Generation(sampling, failing_step, constraint)
             kept.append(chunk)
         return kept
 
-    def _sample(self, chunks: Sequences[Chunk], step: StepLogits) -> None:
+    def _masks(self, chunks: Sequences[Chunk]) -> _Masks | None:
+        """Start filling the masks of the constrained sequences that sample this step (their matchers are up to date:
+        the last step's tokens were consumed as they were sampled)."""
+        sequences = [chunk.sequence for chunk in chunks if chunk.samples and _generation(chunk.sequence).constraint]
+        if not sequences:
+            return None
+        constraints = [_generation(sequence).constraint for sequence in sequences]
+        return _Masks(sequences, self._grammars.masks([c for c in constraints if c is not None]))
+
+    def _sample(self, chunks: Sequences[Chunk], step: StepLogits, masks: _Masks | None) -> None:
         """Advance every chunk; sample the next token of those that finished reading, all together."""
         sampling: list[tuple[Chunk, torch.Tensor]] = []
         for chunk, rows in zip(chunks, step.rows, strict=True):
@@ -156,6 +180,7 @@ class Worker:
                 self._fail([sequence])
                 continue
             sampling.append((chunk, step.logits[rows.stop - 1]))
+        allowed = self._allowed(sampling, masks)
         if not sampling:
             return
         sequences = [chunk.sequence for chunk, _ in sampling]
@@ -164,15 +189,48 @@ class Worker:
                 torch.stack([logits for _, logits in sampling]),
                 [_generation(sequence).sampling for sequence in sequences],
                 [sequence.job.request.logprobs for sequence in sequences],
+                allowed,
             )
         except Exception:
             self._fail(sequences)
             return
         for sequence, token in zip(sequences, sampled, strict=True):
-            self._emit(sequence, token.token_id, token.logprobs)
+            constraint = _generation(sequence).constraint
+            try:
+                complete = constraint is not None and constraint.advance(token.token_id)
+            except Exception:
+                self._fail([sequence])
+                continue
+            self._emit(sequence, token.token_id, token.logprobs, complete)
 
-    def _emit(self, sequence: Sequence, token_id: int, logprobs: TokenLogprobs | None) -> None:
-        """Push one sampled token; end the sequence if it was the last."""
+    def _allowed(self, sampling: list[tuple[Chunk, torch.Tensor]], masks: _Masks | None) -> torch.Tensor | None:
+        """The sampling rows' masks (every token for an unconstrained row), or None without constraints. A constrained
+        row that allows nothing (its matcher failed) fails its request and leaves `sampling`."""
+        if masks is None:
+            return None
+        try:
+            filled: torch.Tensor | None = masks.allowed.result()
+            alive = filled.any(dim=1).tolist() if filled is not None else []
+        except Exception:
+            logger.exception("Filling the token masks failed")
+            filled, alive = None, [False] * len(masks.sequences)
+        failed = {id(sequence) for sequence, ok in zip(masks.sequences, alive, strict=True) if not ok}
+        for sequence in masks.sequences:
+            if id(sequence) in failed and (constraint := _generation(sequence).constraint) is not None:
+                logger.error("The grammar of %s allows no token: %s", sequence.job.request.request_id, constraint.error)
+        self._fail([sequence for sequence in masks.sequences if id(sequence) in failed])
+        sampling[:] = [(chunk, logits) for chunk, logits in sampling if id(chunk.sequence) not in failed]
+        if filled is None or not sampling:
+            return None
+        row_of = {id(sequence): row for row, sequence in enumerate(masks.sequences)}
+        rows = torch.ones(len(sampling), filled.shape[1], dtype=torch.bool)
+        for row, (chunk, _) in enumerate(sampling):
+            if (at := row_of.get(id(chunk.sequence))) is not None:
+                rows[row] = filled[at]
+        return rows.to(self._loaded.device, non_blocking=True)
+
+    def _emit(self, sequence: Sequence, token_id: int, logprobs: TokenLogprobs | None, complete: bool) -> None:
+        """Push one sampled token; end the sequence if it was the last (`complete`: its grammar is)."""
         request, generation = sequence.job.request, _generation(sequence)
         first = sequence.generated == 0
         sequence.tokens.append(token_id)
@@ -181,6 +239,8 @@ class Worker:
             end = "stop_token"
         elif token_id in self._loaded.eos_ids and not request.ignore_eos:
             end = "eos"
+        elif complete:
+            end = "grammar"
         elif sequence.generated == request.max_tokens:
             end = "length"
         event = TokenEvent(
