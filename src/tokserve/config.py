@@ -121,6 +121,17 @@ class Settings(BaseSettings):
         None, description="Jinja chat template file that replaces the model's own; default: the tokenizer's"
     )
     _chat_template_text: str | None = PrivateAttr(None)
+    tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = Field(
+        "auto",
+        description="How the model writes tool calls: hermes (<tool_call>{json}</tool_call>: Hermes, Qwen), "
+        'llama3_json ({"name", "parameters"}), mistral ([TOOL_CALLS][...]); auto: read from the chat template, '
+        "hermes for a template without tools (their schemas then go into the system prompt)",
+    )
+    reasoning_parser: Literal["auto", "think", "none"] = Field(
+        "auto",
+        description="Where the model's thinking goes: think (<think>...</think> becomes reasoning_content), none "
+        "(it stays in content); auto: think if the chat template mentions <think>",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
     no_ui: bool = Field(False, description="Do not serve the web chat page at /")
     # Deployment and operation (issue 6).

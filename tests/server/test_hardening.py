@@ -164,7 +164,7 @@ def test_an_unexpected_error_is_a_500_logged_once_and_briefly(
 def test_a_stream_that_fails_unexpectedly_ends_with_an_error_event_and_done(
     sse: Callable[..., list[Any]], http: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    content = CompletionChunks.content
+    content = CompletionChunks.delta
     calls = 0
 
     def failing_second(self: CompletionChunks, piece: Any) -> str:
@@ -174,7 +174,7 @@ def test_a_stream_that_fails_unexpectedly_ends_with_an_error_event_and_done(
             raise RuntimeError("a bug")
         return content(self, piece)
 
-    monkeypatch.setattr(CompletionChunks, "content", failing_second)
+    monkeypatch.setattr(CompletionChunks, "delta", failing_second)
     before = http.get("/metrics").text
     events = sse("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 8, "ignore_eos": True})
     assert events[-1] == "[DONE]"

@@ -24,11 +24,13 @@ def encode_chat(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     variables: Mapping[str, Any] | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[int]:
     """Render `template` (default: the tokenizer's) and tokenize it.
 
     `continue_final_message` leaves the last message open for the model to continue; `variables` are the
-    request's extra template variables. InvalidRequest when the template rejects the messages.
+    request's extra template variables; `tools` the JSON schemas of the functions it may call, for templates that
+    list them. InvalidRequest when the template rejects the messages.
     """
     template = template or tokenizer.chat_template
     if not template:
@@ -50,6 +52,7 @@ def encode_chat(
             chat_template=template,
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
+            tools=[dict(tool) for tool in tools] if tools else None,
             return_dict=False,
             **variables,
         )

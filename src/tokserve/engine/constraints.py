@@ -4,8 +4,8 @@ token masks.
 A grammar is llguidance's text (Lark with `%json` schemas inside, or its JSON form); the server builds it, the
 engine checks it (`Grammars.error`, on the caller's thread: compiling drops the GIL) before anything is generated.
 Each step the worker asks for the masks of the rows that will sample (`Grammars.masks`) while the forward pass runs
-on another thread: llguidance fills the int32 bitmask off the GIL, and the bits are unpacked here, not with
-`llguidance.torch.apply_token_bitmask_inplace` (wrapped in `torch.compile`).
+on another thread: llguidance fills the int32 bitmask off the GIL, and the bits are unpacked here. Nothing of
+`llguidance.torch` is used: importing it runs `torch.compile` (seconds, and deprecation warnings).
 """
 
 from collections.abc import Collection, Sequence
@@ -13,7 +13,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from copy import copy
 
 import llguidance
-import llguidance.torch
 import torch
 from tokenizers import Tokenizer
 
@@ -72,9 +71,11 @@ class Grammars:
         return self._filling.submit(self._masks, constraints)
 
     def _masks(self, constraints: Sequence[Constraint]) -> torch.Tensor:
-        bitmask = llguidance.torch.allocate_token_bitmask(len(constraints), self._vocabulary_size)
+        words = (self._vocabulary_size + 31) // 32
+        bitmask = torch.full((len(constraints), words), -1, dtype=torch.int32)
         rows = [(constraint._matcher, row) for row, constraint in enumerate(constraints)]
-        llguidance.torch.fill_next_token_bitmask_par(self._executor, rows, bitmask)
+        # What llguidance.torch.fill_next_token_bitmask_par does: each row's words, written in place off the GIL.
+        self._executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), words * 4, len(constraints))
         return ((bitmask[:, :, None] >> _BITS) & 1).bool().flatten(1)[:, : self._vocabulary_size]
 
     def close(self) -> None:

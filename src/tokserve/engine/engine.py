@@ -112,6 +112,7 @@ class Engine:
         add_generation_prompt: bool = True,
         continue_final_message: bool = False,
         variables: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         """Messages through `template` or the model's own; raises InvalidRequest when the template rejects them."""
         return encode_chat(
@@ -121,7 +122,14 @@ class Engine:
             add_generation_prompt=add_generation_prompt,
             continue_final_message=continue_final_message,
             variables=variables,
+            tools=tools,
         )
+
+    @property
+    def chat_template(self) -> str | None:
+        """The model's own chat template (the server may have been given another)."""
+        template = self._loaded.tokenizer.chat_template
+        return template if isinstance(template, str) else None
 
     def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [

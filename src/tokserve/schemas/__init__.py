@@ -28,14 +28,30 @@ from tokserve.schemas.generation import (
     WireModel,
 )
 from tokserve.schemas.models import ListModelsResponse, Model
+from tokserve.schemas.tools import (
+    ChatCompletionMessageToolCall,
+    ChatCompletionMessageToolCallChunk,
+    ChatCompletionNamedToolChoice,
+    ChatCompletionTool,
+    FunctionCall,
+    FunctionCallChunk,
+    FunctionObject,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    ResponseFormatText,
+)
 
 __all__ = [
     "ChatCompletionChoice",
     "ChatCompletionChoiceLogprobs",
+    "ChatCompletionMessageToolCall",
+    "ChatCompletionMessageToolCallChunk",
+    "ChatCompletionNamedToolChoice",
     "ChatCompletionResponseMessage",
     "ChatCompletionStreamChoice",
     "ChatCompletionStreamResponseDelta",
     "ChatCompletionTokenLogprob",
+    "ChatCompletionTool",
     "CompletionChoice",
     "CompletionLogprobs",
     "CompletionUsage",
@@ -47,11 +63,17 @@ __all__ = [
     "Error",
     "ErrorResponse",
     "FinishReason",
+    "FunctionCall",
+    "FunctionCallChunk",
+    "FunctionObject",
     "GenerationParams",
     "ListModelsResponse",
     "MessageContent",
     "Model",
     "PromptTokensDetails",
+    "ResponseFormatJsonObject",
+    "ResponseFormatJsonSchema",
+    "ResponseFormatText",
     "TopLogprob",
     "WireModel",
 ]

@@ -12,8 +12,17 @@ from tokserve.schemas.generation import (
     invalid,
     refuse_unless,
 )
-
-_NO_TOOLS = "tool calling is not supported by this server"
+from tokserve.schemas.tools import (
+    ChatCompletionFunctionCallOption,
+    ChatCompletionMessageToolCall,
+    ChatCompletionMessageToolCallChunk,
+    ChatCompletionTool,
+    ChatCompletionToolChoiceOption,
+    FunctionCall,
+    FunctionCallChunk,
+    FunctionObject,
+    ResponseFormat,
+)
 
 
 def _one_of(*accepted: object) -> Any:
@@ -70,9 +79,23 @@ class ChatCompletionRequestAssistantMessage(WireModel):
     role: Literal["assistant"]
     content: MessageContent | None = None
     name: str | None = None
-    tool_calls: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
-    function_call: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
+    tool_calls: list[ChatCompletionMessageToolCall] | None = None
+    function_call: FunctionCall | None = None  # the legacy form of one call
     audio: Annotated[Any, refuse_unless("audio is not supported by this server")] = None
+
+
+class ChatCompletionRequestToolMessage(WireModel):
+    role: Literal["tool"]
+    content: MessageContent
+    tool_call_id: str
+
+
+class ChatCompletionRequestFunctionMessage(WireModel):
+    """The legacy result of a function call: `name` says which."""
+
+    role: Literal["function"]
+    content: str | None
+    name: str
 
 
 def _role(value: Any) -> Any:
@@ -83,12 +106,13 @@ ChatCompletionRequestMessage = Annotated[
     Annotated[ChatCompletionRequestSystemMessage, Tag("system")]
     | Annotated[ChatCompletionRequestSystemMessage, Tag("developer")]
     | Annotated[ChatCompletionRequestUserMessage, Tag("user")]
-    | Annotated[ChatCompletionRequestAssistantMessage, Tag("assistant")],
+    | Annotated[ChatCompletionRequestAssistantMessage, Tag("assistant")]
+    | Annotated[ChatCompletionRequestToolMessage, Tag("tool")]
+    | Annotated[ChatCompletionRequestFunctionMessage, Tag("function")],
     Discriminator(
         _role,
         custom_error_type="message_role",
-        custom_error_message="role must be system, developer, user or assistant "
-        "(tool and function messages need tool calling, which this server does not support)",
+        custom_error_message="role must be system, developer, user, assistant, tool or function",
     ),
 ]
 
@@ -102,18 +126,14 @@ class CreateChatCompletionRequest(GenerationParams):
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
+    tools: list[ChatCompletionTool] | None = Field(None, max_length=128)
+    tool_choice: ChatCompletionToolChoiceOption | None = None
+    parallel_tool_calls: bool | None = None
+    # The legacy forms of tools and tool_choice: answered in their own shape (`function_call`).
+    functions: list[FunctionObject] | None = Field(None, max_length=128)
+    function_call: Literal["none", "auto"] | ChatCompletionFunctionCallOption | None = None
+    response_format: ResponseFormat | None = None
     # OpenAI parameters this server does not implement: refused unless their value changes nothing.
-    tools: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
-    tool_choice: Annotated[Any, refuse_unless(_NO_TOOLS, _one_of("none", "auto"))] = None
-    functions: Annotated[Any, refuse_unless(_NO_TOOLS)] = None
-    function_call: Annotated[Any, refuse_unless(_NO_TOOLS, _one_of("none", "auto"))] = None
-    response_format: Annotated[
-        Any,
-        refuse_unless(
-            'structured output is not supported by this server; only {"type": "text"}',
-            _one_of({"type": "text"}),
-        ),
-    ] = None
     audio: Annotated[Any, refuse_unless("audio output is not supported by this server")] = None
     modalities: Annotated[Any, refuse_unless("only text output is supported", _one_of([], ["text"]))] = None
     web_search_options: Annotated[Any, refuse_unless("web search is not supported by this server", _one_of())] = None
@@ -127,6 +147,8 @@ class CreateChatCompletionRequest(GenerationParams):
     def _check_chat(self) -> Self:
         if self.top_logprobs and not self.logprobs:
             raise invalid("top_logprobs", "top_logprobs needs logprobs set to true")
+        if self.tools and self.functions:
+            raise invalid("functions", "functions is the legacy form of tools: send one of them")
         if self.continue_final_message and self.add_generation_prompt:
             raise invalid(
                 "continue_final_message",
@@ -159,6 +181,9 @@ class ChatCompletionStreamResponseDelta(WireModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None  # the thinking of a reasoning model, as vLLM and llama.cpp name it
+    tool_calls: list[ChatCompletionMessageToolCallChunk] | None = None
+    function_call: FunctionCallChunk | None = None  # the legacy `functions`' shape
 
     @model_serializer(mode="wrap")
     def _drop_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -185,8 +210,17 @@ class CreateChatCompletionStreamResponse(WireModel):
 
 class ChatCompletionResponseMessage(WireModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
     refusal: None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ChatCompletionMessageToolCall] | None = None
+    function_call: FunctionCall | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Absent, not null: the optional fields a plain answer does not have."""
+        optional = ("reasoning_content", "tool_calls", "function_call")
+        return {key: value for key, value in handler(self).items() if key not in optional or value is not None}
 
 
 class ChatCompletionChoice(WireModel):

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-FinishReason = Literal["stop", "length"]
+# tool_calls: the choice ended with tool calls; function_call: with a call in the legacy `functions` shape.
+FinishReason = Literal["stop", "length", "tool_calls", "function_call"]
 
 _INT64 = 2**63
 
@@ -48,7 +49,21 @@ def invalid(param: str, message: str, kind: str = "invalid_request") -> Pydantic
     return PydanticCustomError(kind, message, {"param": param})
 
 
-_NO_CONSTRAINTS = "constrained decoding is not supported by this server yet"
+class StructuredOutputs(WireModel):
+    """vLLM's `structured_outputs`: one of a JSON schema, a regular expression, a list of choices, or a grammar in
+    llguidance's Lark."""
+
+    json_schema: dict[str, Any] | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = Field(None, min_length=1)
+    grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        given = [self.json_schema, self.regex, self.choice, self.grammar]
+        if sum(value is not None for value in given) != 1:
+            raise invalid("structured_outputs", "structured_outputs takes exactly one of json, regex, choice, grammar")
+        return self
 
 
 def _is_zero(value: object) -> bool:
@@ -90,13 +105,16 @@ class GenerationParams(WireModel):
     skip_special_tokens: bool | None = True
     # Extensions of vLLM and llama.cpp's server that change the output, not implemented: refused by name, so that
     # a client moving from them gets an error instead of unconstrained text.
-    guided_json: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
-    guided_regex: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
-    guided_choice: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
-    guided_grammar: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
-    structured_outputs: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
-    grammar: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
-    json_schema: Annotated[Any, refuse_unless(_NO_CONSTRAINTS)] = None
+    structured_outputs: StructuredOutputs | None = None
+    # vLLM's older names for the same, and llama.cpp's `json_schema`.
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = Field(None, min_length=1)
+    guided_grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+    grammar: Annotated[
+        Any, refuse_unless("GBNF grammars are not supported; send Lark in structured_outputs.grammar")
+    ] = None
     prompt_logprobs: Annotated[Any, refuse_unless("prompt_logprobs is not supported by this server")] = None
     bad_words: Annotated[Any, refuse_unless("bad_words is not supported by this server")] = None
     mirostat: Annotated[Any, refuse_unless("mirostat sampling is not supported by this server", _is_zero)] = None
@@ -109,6 +127,23 @@ class GenerationParams(WireModel):
         if any(not stop for stop in self.stop_list):
             raise invalid("stop", "stop strings must not be empty")
         return self
+
+    @property
+    def constraint(self) -> tuple[str, str, Any] | None:
+        """The structured output asked for through vLLM's or llama.cpp's fields: (the field, the kind: json, regex,
+        choice or grammar, its value)."""
+        if (outputs := self.structured_outputs) is not None:
+            kinds = {"json": outputs.json_schema, "regex": outputs.regex, "choice": outputs.choice}
+            kind, value = next(((k, v) for k, v in kinds.items() if v is not None), ("grammar", outputs.grammar))
+            return "structured_outputs." + kind, kind, value
+        given = [
+            ("guided_json", "json", self.guided_json),
+            ("json_schema", "json", self.json_schema),
+            ("guided_regex", "regex", self.guided_regex),
+            ("guided_choice", "choice", self.guided_choice),
+            ("guided_grammar", "grammar", self.guided_grammar),
+        ]
+        return next(((param, kind, value) for param, kind, value in given if value is not None), None)
 
     @property
     def choices(self) -> int:

@@ -1,18 +1,20 @@
 """Wire objects of one response: every chunk of a request carries the same `id` and `created`.
 
-`ChatChunks` and `CompletionChunks` differ only in shape; `streaming.py` drives either through `Chunks`. Logprobs
-arrive as token ids with `TokenLogprobs`; the engine's `Vocabulary` gives their text and bytes.
+`ChatChunks` and `CompletionChunks` differ only in shape; `streaming.py` drives either through `Chunks`, with the
+typed deltas of `deltas.py`. Logprobs arrive as token ids with `TokenLogprobs`; the engine's `Vocabulary` gives
+their text and bytes.
 """
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypedDict
+from typing import Protocol, TypedDict
 
-from tokserve.engine import TokenLogprobs, Vocabulary
+from tokserve.engine import Vocabulary
 from tokserve.schemas import (
     ChatCompletionChoice,
     ChatCompletionChoiceLogprobs,
+    ChatCompletionMessageToolCall,
+    ChatCompletionMessageToolCallChunk,
     ChatCompletionResponseMessage,
     ChatCompletionStreamChoice,
     ChatCompletionStreamResponseDelta,
@@ -23,51 +25,23 @@ from tokserve.schemas import (
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
     CreateCompletionResponse,
-    FinishReason,
+    FunctionCall,
+    FunctionCallChunk,
     TopLogprob,
     WireModel,
 )
+from tokserve.server.deltas import Delta, Finish, Logprob, Piece, ReasoningPiece, WholeChoice
 
 # OpenAI's stand-in for a log-probability too small to write (JSON has no -Infinity).
 _UNLIKELY = -9999.0
 
 
-class Logprob(NamedTuple):
-    """A token id and its logprobs (None for the first prompt token, which has nothing before it)."""
-
-    token_id: int
-    entry: TokenLogprobs | None
-    # The token that ended generation (end-of-sequence, a stop token id) adds no text, so its entry's text is "";
-    # it is listed all the same, as usage counts it.
-    silent: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """Text of one choice, safe to show, with the logprobs of the tokens consumed since the choice's last piece."""
-
-    index: int
-    text: str
-    logprobs: tuple[Logprob, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Finish:
-    """How a choice's text ended, how many tokens it generated, and how many of its prompt's were cached."""
-
-    index: int
-    reason: FinishReason
-    stop_reason: str | int | None
-    completion_tokens: int
-    cached_tokens: int = 0
-
-
 class Chunks(Protocol):
     def start(self, index: int) -> str | None: ...
-    def content(self, piece: Piece) -> str: ...
+    def delta(self, delta: Delta) -> str: ...
     def finish(self, finish: Finish) -> str: ...
     def usage(self, usage: CompletionUsage) -> str: ...
-    def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> WireModel: ...
+    def response(self, choices: Sequence[WholeChoice], usage: CompletionUsage) -> WireModel: ...
 
 
 class _Stamp(TypedDict):
@@ -88,7 +62,20 @@ class _ResponseObjects:
 
 
 class ChatChunks(_ResponseObjects):
-    """`chat.completion.chunk` objects and the `chat.completion` response."""
+    """`chat.completion.chunk` objects and the `chat.completion` response; with `legacy_functions`, a call takes
+    the shape of the legacy `functions` (`function_call`, one call)."""
+
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        fingerprint: str,
+        vocabulary: Vocabulary,
+        logprobs: bool,
+        legacy_functions: bool = False,
+    ) -> None:
+        super().__init__(request_id, model, fingerprint, vocabulary, logprobs)
+        self._legacy_functions = legacy_functions
 
     def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: CompletionUsage | None = None) -> str:
         return CreateChatCompletionStreamResponse(**self._stamp, choices=choices, usage=usage).model_dump_json()
@@ -97,12 +84,27 @@ class ChatChunks(_ResponseObjects):
         delta = ChatCompletionStreamResponseDelta(role="assistant", content="")
         return self._chunk([ChatCompletionStreamChoice(index=index, delta=delta)])
 
-    def content(self, piece: Piece) -> str:
-        choice = ChatCompletionStreamChoice(
-            index=piece.index,
-            delta=ChatCompletionStreamResponseDelta(content=piece.text),
-            logprobs=self._chat_logprobs(piece.logprobs),
-        )
+    def delta(self, delta: Delta) -> str:
+        if isinstance(delta, Piece):
+            choice = ChatCompletionStreamChoice(
+                index=delta.index,
+                delta=ChatCompletionStreamResponseDelta(content=delta.text),
+                logprobs=self._chat_logprobs(delta.logprobs),
+            )
+        elif isinstance(delta, ReasoningPiece):
+            choice = ChatCompletionStreamChoice(
+                index=delta.index, delta=ChatCompletionStreamResponseDelta(reasoning_content=delta.text)
+            )
+        else:
+            function = FunctionCallChunk(name=delta.name, arguments=delta.arguments)
+            if self._legacy_functions:
+                wire = ChatCompletionStreamResponseDelta(function_call=function)
+            else:
+                call = ChatCompletionMessageToolCallChunk(
+                    index=delta.call, id=delta.id, type="function" if delta.id else None, function=function
+                )
+                wire = ChatCompletionStreamResponseDelta(tool_calls=[call])
+            choice = ChatCompletionStreamChoice(index=delta.index, delta=wire)
         return self._chunk([choice])
 
     def finish(self, finish: Finish) -> str:
@@ -117,20 +119,36 @@ class ChatChunks(_ResponseObjects):
     def usage(self, usage: CompletionUsage) -> str:
         return self._chunk([], usage)
 
-    def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> CreateChatCompletionResponse:
+    def response(self, choices: Sequence[WholeChoice], usage: CompletionUsage) -> CreateChatCompletionResponse:
         return CreateChatCompletionResponse(
             **self._stamp,
             choices=[
                 ChatCompletionChoice(
-                    index=piece.index,
-                    message=ChatCompletionResponseMessage(content=piece.text),
-                    logprobs=self._chat_logprobs(piece.logprobs),
-                    finish_reason=finish.reason,
-                    stop_reason=finish.stop_reason,
+                    index=choice.index,
+                    message=self._message(choice),
+                    logprobs=self._chat_logprobs(choice.logprobs),
+                    finish_reason=choice.finish.reason,
+                    stop_reason=choice.finish.stop_reason,
                 )
-                for piece, finish in choices
+                for choice in choices
             ],
             usage=usage,
+        )
+
+    def _message(self, choice: WholeChoice) -> ChatCompletionResponseMessage:
+        calls = [
+            ChatCompletionMessageToolCall(id=id_, function=FunctionCall(name=name, arguments=arguments))
+            for id_, name, arguments in choice.calls or ()
+        ]
+        # OpenAI's content is null beside calls when the model wrote no text.
+        content = choice.content or (None if calls else "")
+        if self._legacy_functions:
+            function_call = calls[0].function if calls else None
+            return ChatCompletionResponseMessage(
+                content=content, reasoning_content=choice.reasoning, function_call=function_call
+            )
+        return ChatCompletionResponseMessage(
+            content=content, reasoning_content=choice.reasoning, tool_calls=calls or None
         )
 
     def _chat_logprobs(self, logprobs: Sequence[Logprob]) -> ChatCompletionChoiceLogprobs | None:
@@ -168,8 +186,10 @@ class CompletionChunks(_ResponseObjects):
     def start(self, index: int) -> None:
         return None
 
-    def content(self, piece: Piece) -> str:
-        choice = CompletionChoice(index=piece.index, text=piece.text, logprobs=self._legacy_logprobs(piece))
+    def delta(self, delta: Delta) -> str:
+        if not isinstance(delta, Piece):
+            raise TypeError(f"a completion has text only, not {type(delta).__name__}")
+        choice = CompletionChoice(index=delta.index, text=delta.text, logprobs=self._legacy_logprobs(delta))
         return self._chunk(choice)
 
     def finish(self, finish: Finish) -> str:
@@ -185,17 +205,17 @@ class CompletionChunks(_ResponseObjects):
     def usage(self, usage: CompletionUsage) -> str:
         return self._object([], usage).model_dump_json()
 
-    def response(self, choices: Sequence[tuple[Piece, Finish]], usage: CompletionUsage) -> CreateCompletionResponse:
+    def response(self, choices: Sequence[WholeChoice], usage: CompletionUsage) -> CreateCompletionResponse:
         return self._object(
             [
                 CompletionChoice(
-                    index=piece.index,
-                    text=piece.text,
-                    logprobs=self._legacy_logprobs(piece),
-                    finish_reason=finish.reason,
-                    stop_reason=finish.stop_reason,
+                    index=choice.index,
+                    text=choice.content,
+                    logprobs=self._legacy_logprobs(Piece(choice.index, choice.content, choice.logprobs)),
+                    finish_reason=choice.finish.reason,
+                    stop_reason=choice.finish.stop_reason,
                 )
-                for piece, finish in choices
+                for choice in choices
             ],
             usage,
         )

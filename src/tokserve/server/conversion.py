@@ -8,13 +8,13 @@ checked before that work.
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from tokserve.config import Settings
 from tokserve.engine import Engine, GenerationRequest, SamplingParams
 from tokserve.errors import ContextLengthExceeded, InvalidRequest
-from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams, MessageContent
+from tokserve.schemas import CreateChatCompletionRequest, CreateCompletionRequest, GenerationParams
+from tokserve.server.deltas import Shape
 from tokserve.server.dependencies import check_model
 from tokserve.server.limits import (
     check_generation_limits,
@@ -24,6 +24,7 @@ from tokserve.server.limits import (
     check_queue_room,
     check_text,
 )
+from tokserve.server.structure import Structure, chat_structure, generation_structure, message_text
 
 # OpenAI's default for /v1/completions; chat defaults to the rest of the context.
 _COMPLETIONS_MAX_TOKENS = 16
@@ -52,6 +53,7 @@ class ResponsePlan:
     stop: tuple[str, ...]
     include_stop_str_in_output: bool
     logprobs: bool
+    shape: Shape = field(default_factory=Shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +70,25 @@ def chat_plan(body: CreateChatCompletionRequest, engine: Engine, settings: Setti
     max_tokens = body.max_completion_tokens or body.max_tokens
     max_tokens_param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     check_max_tokens(max_tokens, settings, max_tokens_param)
-    check_messages([_text(message.content) for message in body.messages], settings)
+    check_messages([message_text(message.content) for message in body.messages], settings)
     continue_final = bool(body.continue_final_message)
+    structure = chat_structure(body, engine, settings)
     prompt_ids = engine.encode_chat(
-        [_message(message.role, message.content, message.name) for message in body.messages],
+        structure.messages,
         template=settings.chat_template_text,
         add_generation_prompt=not continue_final if body.add_generation_prompt is None else body.add_generation_prompt,
         continue_final_message=continue_final,
         variables=body.chat_template_kwargs,
+        tools=structure.tools,
     )
+    if structure.shape.reasoning:
+        # Some templates open the thinking at the end of the prompt: the output then starts inside it.
+        opened = engine.decode(prompt_ids[-4:], skip_special_tokens=False).rstrip().endswith("<think>")
+        structure = replace(structure, shape=replace(structure.shape, thinking=opened))
     top = (body.top_logprobs or 0) if body.logprobs else None
     prompt = _Prompt(prompt_ids, None, "messages")
     budget = _Budget(max_tokens, max_tokens_param, settings.max_tokens_cap)
-    return _plan("chatcmpl", model, [prompt], body, engine, budget, top, False)
+    return _plan("chatcmpl", model, [prompt], body, engine, budget, top, False, structure)
 
 
 def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Settings) -> ResponsePlan:
@@ -111,22 +119,9 @@ def completion_plan(body: CreateCompletionRequest, engine: Engine, settings: Set
         plans.append(_Prompt(ids, echo, param))
     cap = settings.max_tokens_cap
     max_tokens = body.max_tokens or min(_COMPLETIONS_MAX_TOKENS, cap or _COMPLETIONS_MAX_TOKENS)
-    return _plan(
-        "cmpl", model, plans, body, engine, _Budget(max_tokens, "max_tokens", cap), body.logprobs, bool(body.echo)
-    )
-
-
-def _message(role: str, content: MessageContent | None, name: str | None) -> dict[str, Any]:
-    message = {"role": "system" if role == "developer" else role, "content": _text(content)}
-    return message if name is None else {**message, "name": name}
-
-
-def _text(content: MessageContent | None) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "\n".join(part.text for part in content)
+    budget = _Budget(max_tokens, "max_tokens", cap)
+    structure = generation_structure(body, engine)
+    return _plan("cmpl", model, plans, body, engine, budget, body.logprobs, bool(body.echo), structure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +142,7 @@ def _plan(
     budget: _Budget,
     logprobs: int | None,
     echo_logprobs: bool,
+    structure: Structure,
 ) -> ResponsePlan:
     """n choices per prompt, indexed prompt by prompt; with a seed, choice j of each prompt samples with seed + j."""
     # Every choice waits in the queue at first: more than it holds could never be admitted, however long one waits.
@@ -170,7 +166,8 @@ def _plan(
                 ignore_eos=bool(body.ignore_eos),
                 logprobs=logprobs,
                 prompt_logprobs=logprobs if echo_logprobs else None,
-                skip_special_tokens=body.skip_special_tokens is not False,
+                skip_special_tokens=structure.skip_special_tokens,
+                grammar=structure.grammar,
             )
             choices.append(PlannedChoice(index, request, prompt.echo, prompt_number))
     return ResponsePlan(
@@ -181,6 +178,7 @@ def _plan(
         stop=tuple(body.stop_strings),
         include_stop_str_in_output=bool(body.include_stop_str_in_output),
         logprobs=logprobs is not None,
+        shape=structure.shape,
     )
 
 

@@ -1,7 +1,8 @@
-"""The loop side of a generation: token ids become safe text (detokenizer, then StreamBuffer), then SSE events
-or one response. The engine is reached only through its public API; no torch here.
+"""The loop side of a generation: each choice's token events become typed deltas (`deltas.py`: detokenizer,
+reasoning split, tool-call parser, StreamBuffer), then SSE events or one response. The engine is reached only
+through its public API; no torch here.
 
-A token's path: `engine/worker.py` -> `engine/detokenizer.py` -> `buffer.py` -> here.
+A token's path: `engine/worker.py` -> `engine/detokenizer.py` -> `server/deltas.py` (-> `buffer.py`) -> here.
 """
 
 import asyncio
@@ -15,11 +16,12 @@ from sse_starlette import EventSourceResponse
 
 from tokserve.buffer import StreamBuffer
 from tokserve.config import Settings
-from tokserve.engine import Decoder, Engine, TokenEvent, TokenStream
+from tokserve.engine import Engine, TokenEvent, TokenStream
 from tokserve.errors import NotReady, TokservError
 from tokserve.schemas import CompletionUsage, GenerationParams, PromptTokensDetails, WireModel
-from tokserve.server.chunks import Chunks, Finish, Logprob, Piece
+from tokserve.server.chunks import Chunks
 from tokserve.server.conversion import PlannedChoice, ResponsePlan
+from tokserve.server.deltas import ChoiceDeltas, Delta, Finish, Logprob, Piece, WholeChoice
 from tokserve.server.dependencies import state_of
 from tokserve.server.drain import Drain
 from tokserve.server.errors import ClientDisconnected, error_event, log_unexpected, unexpected_event
@@ -36,8 +38,7 @@ class _Generation:
     choice: PlannedChoice
     plan: ResponsePlan
     tokens: TokenStream
-    decoder: Decoder
-    buffer: StreamBuffer
+    deltas: ChoiceDeltas
     record: RequestRecord
 
 
@@ -57,14 +58,22 @@ async def respond(
     it ends with NotReady("draining"): a 503 before the stream started, an error event after.
     """
     state = state_of(http_request)
-    decoders = [engine.decoder(choice.request) for choice in plan.choices]
-    buffers = [StreamBuffer(replacements=settings.replace, stop=list(plan.stop) or None) for _ in plan.choices]
+    deltas = [
+        ChoiceDeltas(
+            choice.index,
+            engine.decoder(choice.request),
+            StreamBuffer(replacements=settings.replace, stop=list(plan.stop) or None),
+            plan.shape,
+            StreamBuffer(replacements=settings.replace),
+        )
+        for choice in plan.choices
+    ]
     # Submitted last: from here on every way out must cancel the requests.
     streams = engine.submit_all([choice.request for choice in plan.choices])  # raises Overloaded or NotReady
     record = RequestRecord(request_id(http_request), plan.model, plan.prompt_tokens, state.metrics)
     generations = [
-        _Generation(choice, plan, tokens, decoder, buffer, record)
-        for choice, tokens, decoder, buffer in zip(plan.choices, streams, decoders, buffers, strict=True)
+        _Generation(choice, plan, tokens, each, record)
+        for choice, tokens, each in zip(plan.choices, streams, deltas, strict=True)
     ]
     state.drain.enter()
     streaming = False
@@ -75,7 +84,7 @@ async def respond(
             raise first.error
         pieces = _merged(
             [
-                _safe_text(generation, each, first if index == 0 else None)
+                _choice_deltas(generation, each, first if index == 0 else None)
                 for index, (generation, each) in enumerate(zip(generations, events, strict=True))
             ]
         )
@@ -95,16 +104,16 @@ async def respond(
             state.drain.leave()
 
 
-async def _safe_text(
+async def _choice_deltas(
     generation: _Generation, events: AsyncIterator[TokenEvent], first: TokenEvent | None
-) -> AsyncIterator[Piece | Finish]:
-    """One choice: the echoed prompt (never through the buffer), text safe to show, then one Finish.
+) -> AsyncIterator[Delta | Finish]:
+    """One choice: the echoed prompt (never through the buffer), its deltas as they become safe, then one Finish.
 
     A generation error is raised. The token that ends generation (end-of-sequence or a stop token id) adds no
     text unless `include_stop_str_in_output`; every generated token, that one included, adds its logprobs when
     asked, as usage counts it.
     """
-    choice, plan, decoder, buffer = generation.choice, generation.plan, generation.decoder, generation.buffer
+    choice, plan, deltas = generation.choice, generation.plan, generation.deltas
     event = first if first is not None else await anext(events)
     if event.error is not None:
         raise event.error
@@ -118,36 +127,20 @@ async def _safe_text(
         if choice.echo or logprobs:
             yield Piece(choice.index, choice.echo, logprobs)
     count = 0
-    pending: list[Logprob] = []
     while True:
         if event.error is not None:
             raise event.error
-        assert event.token_id is not None
         count += 1
-        text = ""
         shown = event.end not in ("eos", "stop_token") or plan.include_stop_str_in_output
-        if plan.logprobs:
-            pending.append(Logprob(event.token_id, event.logprobs, silent=not shown))
-        if shown:
-            text = buffer.put(decoder.step(event.token_id))
-        if buffer.stopped:
+        for delta in deltas.token(event, shown, plan.logprobs):
+            yield delta
+        if deltas.stopped:
             generation.tokens.stop()  # the worker ends it at its next step; usage counts the token that completed it
-            if plan.include_stop_str_in_output:
-                text += buffer.stop_str or ""
-        elif event.end is not None:
-            text += buffer.flush()
-        if text or (pending and (buffer.stopped or event.end is not None)):
-            yield Piece(choice.index, text, tuple(pending))
-            pending.clear()
-        if buffer.stopped or event.end is not None:
-            stop_reason = buffer.stop_str if buffer.stopped else event.token_id if event.end == "stop_token" else None
-            finish = Finish(
-                choice.index,
-                "length" if event.end == "length" and not buffer.stopped else "stop",
-                stop_reason,
-                count,
-                cached_tokens,
-            )
+        if deltas.stopped or event.end is not None:
+            for delta in deltas.end(plan.include_stop_str_in_output):
+                yield delta
+            stop_reason = deltas.stop_str if deltas.stopped else event.token_id if event.end == "stop_token" else None
+            finish = Finish(choice.index, deltas.finish_reason(event.end), stop_reason, count, cached_tokens)
             generation.record.finished(finish.reason)
             yield finish
             return
@@ -182,7 +175,7 @@ async def _merged(sources: list[AsyncIterator[T]]) -> AsyncIterator[T]:
 
 async def _sse(
     chunks: Chunks,
-    pieces: AsyncIterator[Piece | Finish],
+    pieces: AsyncIterator[Delta | Finish],
     streams: list[TokenStream],
     plan: ResponsePlan,
     include_usage: bool,
@@ -201,7 +194,7 @@ async def _sse(
                 finishes.append(piece)
                 yield chunks.finish(piece)
             else:
-                yield chunks.content(piece)
+                yield chunks.delta(piece)
         if include_usage:
             yield chunks.usage(_usage(plan, finishes))
         failure = None
@@ -249,19 +242,15 @@ async def _until_expired(source: AsyncIterator[T], drain: Drain) -> AsyncIterato
             step.cancel()
 
 
-async def _collect(chunks: Chunks, pieces: AsyncIterator[Piece | Finish], plan: ResponsePlan) -> WireModel:
-    texts: dict[int, list[str]] = {choice.index: [] for choice in plan.choices}
-    logprobs: dict[int, list[Logprob]] = {choice.index: [] for choice in plan.choices}
+async def _collect(chunks: Chunks, pieces: AsyncIterator[Delta | Finish], plan: ResponsePlan) -> WireModel:
+    deltas: dict[int, list[Delta]] = {choice.index: [] for choice in plan.choices}
     finishes: dict[int, Finish] = {}
     async for piece in pieces:
         if isinstance(piece, Finish):
             finishes[piece.index] = piece
         else:
-            texts[piece.index].append(piece.text)
-            logprobs[piece.index].extend(piece.logprobs)
-    whole = [
-        (Piece(index, "".join(texts[index]), tuple(logprobs[index])), finishes[index]) for index in sorted(finishes)
-    ]
+            deltas[piece.index].append(piece)
+    whole = [WholeChoice.of(deltas[index], finishes[index]) for index in sorted(finishes)]
     return chunks.response(whole, _usage(plan, finishes.values()))
 
 

@@ -30,5 +30,12 @@ async def create_chat_completion(
 ) -> EventSourceResponse | WireModel:
     # Off the event loop, as conversion.py says. Raises ModelNotFound, LimitExceeded, ContextLengthExceeded.
     plan = await asyncio.to_thread(chat_plan, body, engine, settings)
-    chunks = ChatChunks(plan.response_id, plan.model, engine.system_fingerprint, engine.vocabulary, plan.logprobs)
+    chunks = ChatChunks(
+        plan.response_id,
+        plan.model,
+        engine.system_fingerprint,
+        engine.vocabulary,
+        plan.logprobs,
+        legacy_functions=plan.shape.legacy_functions,
+    )
     return await respond(http_request, engine, settings, body, plan, chunks)
