@@ -72,6 +72,20 @@ def test_chat_objects_and_chunks_match_openais_schemas(http: httpx.Client) -> No
     assert streamed[-1]["usage"]["completion_tokens"] > 0
 
 
+def test_tool_call_objects_and_chunks_match_openais_schemas(http: httpx.Client) -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"]}
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+    body = {"messages": HELLO, "tools": [tool], "tool_choice": "required", "parallel_tool_calls": False}
+    body |= {"max_tokens": 40, "temperature": 0}
+    whole = http.post("/v1/chat/completions", json=body).json()
+    check(whole, "CreateChatCompletionResponse")
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    streamed = events(http, "/v1/chat/completions", body)
+    for chunk in streamed:
+        check(chunk, "CreateChatCompletionStreamResponse")
+    assert any("tool_calls" in chunk["choices"][0]["delta"] for chunk in streamed)
+
+
 def test_completion_objects_and_chunks_match_openais_schemas(http: httpx.Client) -> None:
     # Not with `echo`: the first prompt token has no logprob, null as in OpenAI's own answers, which the schema's
     # `token_logprobs` (numbers only) leaves out.

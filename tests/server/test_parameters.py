@@ -73,14 +73,8 @@ COMPLETION_PARAMETERS = [
     "user",
 ]
 
-TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object", "properties": {}}}}
 # A value of each refused parameter that would change the output.
 REFUSED = {
-    "tools": [TOOL],
-    "tool_choice": "required",
-    "functions": [{"name": "weather"}],
-    "function_call": {"name": "weather"},
-    "response_format": {"type": "json_object"},
     "audio": {"voice": "alloy", "format": "wav"},
     "modalities": ["text", "audio"],
     "web_search_options": {},
@@ -88,8 +82,9 @@ REFUSED = {
     "verbosity": "low",
     "moderation": {"model": "omni-moderation-latest"},
 }
-# Values of refused parameters that change nothing: accepted.
+# Values that change nothing, of refused parameters and of tool and format parameters: accepted.
 HARMLESS = {
+    "parallel_tool_calls": False,
     "tools": [],
     "tool_choice": "none",
     "functions": None,
@@ -111,7 +106,6 @@ IGNORED = {
     "prompt_cache_key": "chat-7",
     "prompt_cache_retention": "24h",
     "prompt_cache_options": {"ttl": "30m"},
-    "parallel_tool_calls": False,
     "prediction": {"type": "content", "content": "The sea"},
     "x_unknown_extension": {"anything": [1, 2]},
 }
@@ -144,8 +138,12 @@ def test_refused_parameters_are_400_naming_them(http: httpx.Client, name: str, v
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
             "messages.0.content.0",
         ),
-        ({"messages": [*HELLO, {"role": "assistant", "tool_calls": [{"id": "1"}]}]}, "messages.1.tool_calls"),
-        ({"messages": [*HELLO, {"role": "tool", "content": "sunny", "tool_call_id": "1"}]}, "messages.1"),
+        ({"messages": [*HELLO, {"role": "assistant", "audio": {"id": "a"}}]}, "messages.1.audio"),
+        (
+            {"messages": [*HELLO, {"role": "assistant", "tool_calls": [{"id": "1"}]}]},
+            "messages.1.tool_calls.0.function",
+        ),
+        ({"messages": [*HELLO, {"role": "tool", "content": "sunny"}]}, "messages.1.tool_call_id"),
     ],
 )
 def test_refused_message_features_are_400_naming_them(http: httpx.Client, body: dict[str, Any], param: str) -> None:
@@ -195,13 +193,7 @@ def test_readme_table_lists_every_openai_parameter_as_it_is_treated() -> None:
 # vLLM's and llama.cpp's extensions that would change the output, not implemented here: refused by name, so that a
 # client moving from them learns it instead of getting unconstrained text.
 REFUSED_EXTENSIONS = {
-    "guided_json": {"type": "object"},
-    "guided_regex": "[a-z]+",
-    "guided_choice": ["yes", "no"],
-    "guided_grammar": 'root ::= "yes"',
-    "structured_outputs": {"choice": ["yes", "no"]},
     "grammar": 'root ::= "yes"',
-    "json_schema": {"type": "object"},
     "prompt_logprobs": 1,
     "bad_words": ["sea"],
     "mirostat": 2,
@@ -218,7 +210,7 @@ def test_output_changing_extensions_are_refused_by_name(
     refused = http.post(path, json={**body, "max_tokens": 1, name: value})
     assert refused.status_code == 400
     assert (refused.json()["error"]["param"], refused.json()["error"]["code"]) == (name, "unsupported_parameter")
-    off = {"mirostat": 0, "use_beam_search": False, "bad_words": [], "guided_choice": None}.get(name)
+    off = {"mirostat": 0, "use_beam_search": False, "bad_words": []}.get(name)
     assert http.post(path, json={**body, "max_tokens": 1, name: off}).status_code == 200
 
 
