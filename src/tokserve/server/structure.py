@@ -73,42 +73,48 @@ def chat_structure(body: CreateChatCompletionRequest, engine: Engine, settings: 
     choice = _tool_choice(body, [tool.name for tool in tools])
     supports_tools = "tools" in template
     tool_format = _FALLBACK if not supports_tools else _format(settings.tool_call_parser, template)
-    parallel = body.parallel_tool_calls is not False and not legacy
     offered = tools if choice != "none" else []
-    grammar: str | None = None
-    raw_content = False
-    if offered and choice not in ("auto", "none"):
-        # A named function is called once (as vLLM does); `required` may call several, unless parallel_tool_calls
-        # is false.
-        forced = [tool for tool in offered if choice == "required" or tool.name == choice]
-        several = parallel and choice == "required"
-        grammar = _checked_tools(forced_grammar(tool_format, forced, several, engine.vocabulary.special), engine, tools)
-    elif (structured := _response_format(body)) is not None:
-        grammar, raw_content = structured, True
-        _check(grammar, engine, "response_format.json_schema.schema" if body.response_format else "response_format")
-    elif body.constraint is not None:
-        grammar, raw_content = generation_structure(body, engine).grammar, True
-    elif offered:
-        lazy = lazy_grammar(tool_format, offered, parallel, engine.vocabulary.special)
-        grammar = None if lazy is None else _checked_tools(lazy, engine, tools)
+    grammar, raw_content = _grammar(body, engine, tool_format, offered, choice)
+    # Under a response format the answer is the document: nothing in it is parsed as a call.
+    parsed = tool_format if offered and not raw_content else None
     reasoning = settings.reasoning_parser == "think" or (settings.reasoning_parser == "auto" and "<think>" in template)
-    markers = [tool_format.start, tool_format.end] if offered else []
-    markers += ["<think>", "</think>"] if reasoning else []
+    markers = ([tool_format.start, tool_format.end] if parsed else []) + (["<think>", "</think>"] if reasoning else [])
     special = any(marker in engine.vocabulary.special for marker in markers)
-    shape = Shape(
-        tool_format if offered else None, reasoning, raw_content=raw_content, legacy_functions=legacy and bool(offered)
-    )
     messages = _messages(body.messages, fallback=bool(offered) and not supports_tools)
     if offered and not supports_tools:
         messages = _with_tools_prompt(messages, offered)
-    template_tools = [_tool_for_template(f) for f in _functions(body) if f.name in {t.name for t in offered}]
+    template_tools = [_tool_for_template(f) for f in _functions(body) if any(f.name == t.name for t in offered)]
     return ChatStructure(
         grammar,
-        shape,
+        Shape(parsed, reasoning, raw_content=raw_content, legacy_functions=legacy and parsed is not None),
         skip_special_tokens=body.skip_special_tokens is not False and not special,
         messages=messages,
         tools=template_tools if supports_tools and template_tools else None,
     )
+
+
+def _grammar(
+    body: CreateChatCompletionRequest, engine: Engine, tool_format: ToolFormat, offered: list[Tool], choice: str
+) -> tuple[str | None, bool]:
+    """The request's grammar, checked, and whether it constrains the content (a document, not calls in text)."""
+    legacy = body.functions is not None
+    parallel = body.parallel_tool_calls is not False and not legacy
+    if offered and choice not in ("auto", "none"):
+        # A named function is called once (as vLLM does); `required` may call several, unless parallel_tool_calls
+        # is false.
+        forced = [tool for tool in offered if choice == "required" or tool.name == choice]
+        grammar = forced_grammar(tool_format, forced, parallel and choice == "required", engine.vocabulary.special)
+        _check_tools(grammar, engine, offered, legacy)
+        return grammar, False
+    if (document := _response_format(body)) is not None:
+        _check(document, engine, "response_format.json_schema.schema")
+        return document, True
+    if body.constraint is not None:
+        return generation_structure(body, engine).grammar, True
+    lazy = lazy_grammar(tool_format, offered, parallel, engine.vocabulary.special) if offered else None
+    if lazy is not None:
+        _check_tools(lazy, engine, offered, legacy)
+    return lazy, False
 
 
 def _functions(body: CreateChatCompletionRequest) -> list[Any]:
@@ -155,13 +161,13 @@ def _check(grammar: str, engine: Engine, param: str) -> None:
         raise InvalidRequest(f"{param} cannot be enforced: {error}", param=param)
 
 
-def _checked_tools(grammar: str, engine: Engine, tools: Sequence[Tool]) -> str:
-    """The grammar, if it compiles; else a 400 naming the tool whose schema is at fault."""
+def _check_tools(grammar: str, engine: Engine, tools: Sequence[Tool], legacy: bool) -> None:
+    """A grammar that does not compile is a 400 naming the tool whose schema is at fault."""
     if engine.grammar_error(grammar) is not None:
         for number, tool in enumerate(tools):
-            _check(schema_grammar(tool.parameters), engine, f"tools.{number}.function.parameters")
-        _check(grammar, engine, "tools")
-    return grammar
+            param = f"functions.{number}.parameters" if legacy else f"tools.{number}.function.parameters"
+            _check(schema_grammar(tool.parameters), engine, param)
+        _check(grammar, engine, "functions" if legacy else "tools")
 
 
 def _tool_for_template(function: Any) -> dict[str, Any]:
