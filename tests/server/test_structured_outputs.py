@@ -14,6 +14,7 @@ import pydantic
 import pytest
 
 from tokserve.config import Settings
+from tokserve.engine import Engine
 
 TRIP = [{"role": "user", "content": "Plan a short trip to Paris."}]
 
@@ -75,6 +76,33 @@ def test_replacements_and_stops_leave_constrained_content_alone(
         )
     document = json.loads(response.choices[0].message.content or "")
     jsonschema.validate(document, schema)
+
+
+def test_end_forcing_parameters_never_leave_a_document_without_a_token(http: Any, engine: Engine) -> None:
+    """min_tokens and ignore_eos hide the end, a -100 bias the closing brace: the grammar's tokens still win, the
+    document completes and ends the choice."""
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    (brace,) = engine.encode_text("}", add_special_tokens=False)
+    body = {
+        "messages": TRIP,
+        "structured_outputs": {"json": schema},
+        "min_tokens": 30,
+        "ignore_eos": True,
+        "max_tokens": 40,
+        "logit_bias": {str(brace): -100},
+        "temperature": 1.0,
+        "seed": 3,
+    }
+    response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    jsonschema.validate(json.loads(choice["message"]["content"]), schema)
 
 
 @pytest.mark.parametrize(
