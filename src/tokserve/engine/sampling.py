@@ -79,7 +79,9 @@ class BatchSampler:
         reported = [index for index, top in enumerate(logprobs) if top is not None]
         # log_softmax before the processors change x; the chosen tokens' entries are taken once they are known.
         log_probs = torch.log_softmax(_select(x, reported), dim=-1) if reported else None
-        x = _process(x, rows) if allowed is None else _never_empty(_process(x, rows), x)
+        processed = _process(x, rows)
+        # Only a processor can hide every token a grammar allows (a pass over the batch's logits otherwise saved).
+        x = processed if allowed is None or processed is x else _never_empty(processed, x)
 
         greedy = [index for index, row in enumerate(rows) if row.params.greedy]
         drawn = [index for index, row in enumerate(rows) if not row.params.greedy]
