@@ -14,6 +14,12 @@ CPU = torch.device("cpu")
 LOGITS = torch.tensor([1.0, 3.0, 2.5, 0.5, 2.9])
 # A wider row for the batch tests: random logits, the same every run.
 WIDE = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 2
+# A grammar's mask over WIDE, the same every run: 16 tokens, not WIDE's best.
+SPARSE = torch.rand(64, generator=torch.Generator().manual_seed(5)) < 0.25
+# An end id that is neither LOGITS' best token nor 0 (where argmax lands on a row of NaN), and the mask of a grammar
+# that allows only it, as a complete one does.
+END = 3
+ONLY_END = torch.arange(5) == END
 
 
 def alone(
@@ -207,6 +213,72 @@ def test_allowed_forbids_tokens() -> None:
     assert logprobs.logprob == pytest.approx(masked[sampled[0].token_id].item())
     assert [token for token, _ in logprobs.top[:2]] == [0, 3]
     assert logprobs.top[2][1] == -torch.inf
+
+
+def test_allowed_rows_draw_only_allowed_tokens() -> None:
+    permitted = set(SPARSE.nonzero()[:, 0].tolist())
+    best = int(torch.where(SPARSE, WIDE, -torch.inf).argmax())
+    assert best != int(WIDE.argmax())  # the mask does change the greedy choice
+    for seed in range(5):
+        rows = [
+            SamplingState(SamplingParams(temperature=0.0), CPU),
+            SamplingState(SamplingParams(temperature=1.0, seed=seed), CPU),
+            SamplingState(SamplingParams(temperature=2.0, top_p=0.95, seed=seed), CPU),  # the sorted path
+            SamplingState(SamplingParams(temperature=2.0, top_k=40, min_p=0.01, seed=seed), CPU),  # k > allowed
+        ]
+        greedy, *drawn = together(rows, WIDE.expand(4, -1), 50, SPARSE.expand(4, -1))
+        assert set(greedy) == {best}
+        for tokens in drawn:
+            assert set(tokens) <= permitted and len(set(tokens)) > 1
+
+
+def test_a_grammar_allowing_only_the_end_that_min_tokens_hides_still_draws_it() -> None:
+    """The processors leave such a row nothing: it falls back to its grammar's tokens, never a draw from NaN."""
+    rows = [
+        SamplingState(params, CPU, end_ids=[END])
+        for params in (
+            SamplingParams(temperature=0.0, min_tokens=10),
+            SamplingParams(temperature=1.0, seed=1, min_tokens=10),
+            SamplingParams(temperature=1.0, top_p=0.9, top_k=2, min_p=0.1, min_tokens=10),
+        )
+    ]
+    sampler = BatchSampler(CPU)
+    for _ in range(3):
+        for sampled in sampler.sample(LOGITS.expand(3, -1), rows, [2] * 3, ONLY_END.expand(3, -1)):
+            assert sampled.token_id == END and sampled.logprobs is not None
+            assert sampled.logprobs.logprob == 0.0  # all the allowed probability
+            assert sampled.logprobs.top[0] == (END, 0.0)
+    assert [row.generated for row in rows] == [[END] * 3] * 3
+
+
+def test_a_bias_of_minus_100_on_every_allowed_token_still_draws_an_allowed_one() -> None:
+    allowed = torch.tensor([True, False, False, True, False])
+    # +100 on a forbidden token does not bring it back: -inf + 100 is still -inf.
+    bias = ((0, -100.0), (3, -100.0), (1, 100.0))
+    assert alone(SamplingParams(temperature=0.0, logit_bias=bias), steps=1) == [1]  # unconstrained, for contrast
+    rows = [SamplingState(SamplingParams(temperature=0.0, logit_bias=bias), CPU)]
+    rows += [SamplingState(SamplingParams(temperature=1.0, seed=seed, logit_bias=bias), CPU) for seed in range(3)]
+    greedy, *drawn = together(rows, LOGITS.expand(4, -1), 100, allowed.expand(4, -1))
+    assert set(greedy) == {0}  # 1.0 - 100 > 0.5 - 100
+    for tokens in drawn:
+        assert set(tokens) == {0, 3}
+
+
+def test_an_unconstrained_row_beside_constrained_ones_draws_as_it_would_alone() -> None:
+    """Its mask allows every token: the same tokens as alone, with the same seed, on either draw path."""
+    free = [SamplingParams(temperature=1.0, seed=11), SamplingParams(temperature=0.8, top_p=0.9, seed=-5)]
+    expected = [alone(params, WIDE, steps=30) for params in free]
+    rows = [
+        SamplingState(free[0], CPU),
+        SamplingState(SamplingParams(temperature=1.0, seed=11, min_tokens=100), CPU, end_ids=[END]),
+        SamplingState(free[1], CPU),
+        SamplingState(SamplingParams(temperature=0.0), CPU),
+    ]
+    every = torch.ones(64, dtype=torch.bool)
+    allowed = torch.stack([every, torch.arange(64) == END, every, SPARSE])
+    first, ending, second, sparse = together(rows, WIDE.expand(4, -1), 30, allowed)
+    assert [first, second] == expected
+    assert set(ending) == {END} and set(sparse) == {int(torch.where(SPARSE, WIDE, -torch.inf).argmax())}
 
 
 def test_a_mixed_batch_gives_each_row_what_it_would_get_alone() -> None:

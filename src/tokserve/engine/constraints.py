@@ -66,7 +66,8 @@ class Grammars:
     def masks(self, constraints: Sequence[Constraint]) -> "Future[torch.Tensor]":
         """The tokens each constraint allows next, bool (rows x vocabulary) on the CPU, filled on another thread.
 
-        A row with nothing allowed is a matcher in error: the worker fails that request (`Constraint.error`).
+        A matcher in error allows nothing or only the end: the worker fails that request (`Constraint.error`).
+        At least one constraint.
         """
         return self._filling.submit(self._masks, constraints)
 

@@ -7,6 +7,7 @@ waits on a client.
 """
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence as Sequences
@@ -214,10 +215,13 @@ class Worker:
         except Exception:
             logger.exception("Filling the token masks failed")
             filled, alive = None, [False] * len(masks.sequences)
-        failed = {id(sequence) for sequence, ok in zip(masks.sequences, alive, strict=True) if not ok}
-        for sequence in masks.sequences:
-            if id(sequence) in failed and (constraint := _generation(sequence).constraint) is not None:
-                logger.error("The grammar of %s allows no token: %s", sequence.job.request.request_id, constraint.error)
+        failed: set[int] = set()
+        for sequence, ok in zip(masks.sequences, alive, strict=True):
+            # A matcher in error allows nothing, or, as llguidance fills it, only the end: either way it fails.
+            error = constraint.error if (constraint := _generation(sequence).constraint) is not None else ""
+            if error or not ok:
+                logger.error("The grammar of %s failed: %s", sequence.job.request.request_id, error or "no token")
+                failed.add(id(sequence))
         self._fail([sequence for sequence in masks.sequences if id(sequence) in failed])
         sampling[:] = [(chunk, logits) for chunk, logits in sampling if id(chunk.sequence) not in failed]
         if filled is None or not sampling:
@@ -258,7 +262,9 @@ class Worker:
 
     def _fail(self, sequences: Sequences[Sequence]) -> None:
         for sequence in sequences:
-            logger.exception("Generation failed for request %s", sequence.job.request.request_id)
+            # With the exception's traceback when there is one (not for a grammar found failed).
+            failing = sys.exc_info()[1] is not None
+            logger.error("Generation failed for request %s", sequence.job.request.request_id, exc_info=failing)
             sequence.job.stream.push(
                 TokenEvent(error=GenerationFailed("Generation failed; the server log has the details."))
             )
