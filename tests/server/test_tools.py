@@ -87,6 +87,21 @@ def test_required_call_is_valid_streamed_and_whole_alike(client: openai.OpenAI, 
     assert all(d.index == 0 and d.id is None and d.type is None and d.function.name is None for d in rest)
 
 
+def test_logprobs_cover_content_not_calls(client: openai.OpenAI, settings: Settings) -> None:
+    response = client.chat.completions.create(
+        model=settings.model_name,
+        messages=ASK,
+        tools=[WEATHER],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        logprobs=True,
+        temperature=0,
+        max_tokens=60,
+    )
+    choice = response.choices[0]
+    assert choice.message.tool_calls and choice.logprobs is not None and choice.logprobs.content == []
+
+
 def test_named_tool_choice_calls_that_tool(client: openai.OpenAI, settings: Settings) -> None:
     response = client.chat.completions.create(
         model=settings.model_name,

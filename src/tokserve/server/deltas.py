@@ -113,9 +113,14 @@ class ChoiceDeltas:
         """The deltas one generated token makes safe to show; `shown`: whether its text is part of the output."""
         assert event.token_id is not None
         text = self._decoder.step(event.token_id) if shown else ""
+        entry = Logprob(event.token_id, event.logprobs, silent=not shown)
+        in_content = self._in_content
+        if logprobs:
+            self._pending.append(entry)  # before routing: the piece its text makes carries it
         deltas = list(self._route(text))
-        if logprobs and (self._in_content or not shown):
-            self._pending.append(Logprob(event.token_id, event.logprobs, silent=not shown))
+        in_content = in_content and self._in_content
+        if logprobs and shown and not in_content and self._pending and self._pending[-1] is entry:
+            self._pending.pop()  # a token of a call or of the thinking: logprobs cover content only
         return deltas
 
     def end(self, include_stop_str: bool) -> list[Delta]:
@@ -126,6 +131,8 @@ class ChoiceDeltas:
                 deltas.append(self._piece(self._buffer.stop_str or ""))
         else:
             deltas += self._flush()
+        if self._call_ids:  # what is left after calls is their closing markup, but for the silent end token
+            self._pending[:] = [entry for entry in self._pending if entry.silent]
         if self._pending:
             deltas.append(self._piece(""))
         return [delta for delta in deltas if not isinstance(delta, Piece) or delta.text or delta.logprobs]
@@ -160,6 +167,7 @@ class ChoiceDeltas:
     def _parts(self, parts: list[tuple[bool, str]]) -> Iterator[Delta]:
         for is_reasoning, text in parts:
             if is_reasoning:
+                self._pending.clear()  # the tokens of the opening marker
                 if shown := self._reasoning_buffer.put(text):
                     yield ReasoningPiece(self.index, shown)
                 continue
@@ -173,6 +181,7 @@ class ChoiceDeltas:
     def _parsed(self, pieces: list[ParsedPiece]) -> Iterator[Delta]:
         for piece in pieces:
             if isinstance(piece, CallStart):
+                self._pending.clear()  # the tokens of its opening marker, held back as text until it was whole
                 self._call_ids.append(f"call_{uuid.uuid4().hex[:24]}")
                 yield ToolCallPiece(self.index, piece.call, self._call_ids[piece.call], piece.name)
             elif isinstance(piece, CallArguments):
