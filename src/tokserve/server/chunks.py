@@ -6,8 +6,11 @@ their text and bytes.
 """
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Protocol, TypedDict
+
+from sse_starlette import ServerSentEvent
 
 from tokserve.engine import Vocabulary
 from tokserve.schemas import (
@@ -25,6 +28,7 @@ from tokserve.schemas import (
     CreateChatCompletionResponse,
     CreateChatCompletionStreamResponse,
     CreateCompletionResponse,
+    ErrorResponse,
     FunctionCall,
     FunctionCallChunk,
     TopLogprob,
@@ -36,11 +40,20 @@ from tokserve.server.deltas import Delta, Finish, Logprob, Piece, ReasoningPiece
 _UNLIKELY = -9999.0
 
 
+# One SSE event: its data, or data with an event name.
+Event = str | ServerSentEvent
+
+
 class Chunks(Protocol):
-    def start(self, index: int) -> str | None: ...
-    def delta(self, delta: Delta) -> str: ...
-    def finish(self, finish: Finish) -> str: ...
-    def usage(self, usage: CompletionUsage) -> str: ...
+    """A response's wire shape: the SSE events of each step of a stream, or the whole response."""
+
+    def start(self, index: int) -> list[Event]: ...
+    def delta(self, delta: Delta) -> list[Event]: ...
+    def finish(self, finish: Finish) -> list[Event]: ...
+    def end(self, usage: CompletionUsage, include_usage: bool) -> list[Event]: ...
+    def failed(self, error: ErrorResponse) -> list[Event]: ...
+    def done(self) -> list[Event]: ...
+    async def closed(self, failure: str | None) -> None: ...
     def response(self, choices: Sequence[WholeChoice], usage: CompletionUsage) -> WireModel: ...
 
 
@@ -53,12 +66,28 @@ class _Stamp(TypedDict):
     system_fingerprint: str
 
 
-class _ResponseObjects:
+class _ResponseObjects(ABC):
     """What both shapes share: one stamp for every object of the response, and how logprobs are read."""
 
     def __init__(self, request_id: str, model: str, fingerprint: str, vocabulary: Vocabulary, logprobs: bool) -> None:
         self._stamp = _Stamp(id=request_id, created=int(time.time()), model=model, system_fingerprint=fingerprint)
         self._vocabulary, self._logprobs = vocabulary, logprobs
+
+    def end(self, usage: CompletionUsage, include_usage: bool) -> list[Event]:
+        return [self._usage(usage)] if include_usage else []
+
+    def failed(self, error: ErrorResponse) -> list[Event]:
+        return [error.model_dump_json()]
+
+    def done(self) -> list[Event]:
+        return ["[DONE]"]
+
+    async def closed(self, failure: str | None) -> None:
+        return None
+
+    @abstractmethod
+    def _usage(self, usage: CompletionUsage) -> str:
+        """The chunk that carries the usage."""
 
 
 class ChatChunks(_ResponseObjects):
@@ -80,11 +109,11 @@ class ChatChunks(_ResponseObjects):
     def _chunk(self, choices: list[ChatCompletionStreamChoice], usage: CompletionUsage | None = None) -> str:
         return CreateChatCompletionStreamResponse(**self._stamp, choices=choices, usage=usage).model_dump_json()
 
-    def start(self, index: int) -> str:
+    def start(self, index: int) -> list[Event]:
         delta = ChatCompletionStreamResponseDelta(role="assistant", content="")
-        return self._chunk([ChatCompletionStreamChoice(index=index, delta=delta)])
+        return [self._chunk([ChatCompletionStreamChoice(index=index, delta=delta)])]
 
-    def delta(self, delta: Delta) -> str:
+    def delta(self, delta: Delta) -> list[Event]:
         if isinstance(delta, Piece):
             choice = ChatCompletionStreamChoice(
                 index=delta.index,
@@ -105,18 +134,18 @@ class ChatChunks(_ResponseObjects):
                 )
                 wire = ChatCompletionStreamResponseDelta(tool_calls=[call])
             choice = ChatCompletionStreamChoice(index=delta.index, delta=wire)
-        return self._chunk([choice])
+        return [self._chunk([choice])]
 
-    def finish(self, finish: Finish) -> str:
+    def finish(self, finish: Finish) -> list[Event]:
         choice = ChatCompletionStreamChoice(
             index=finish.index,
             delta=ChatCompletionStreamResponseDelta(),
             finish_reason=finish.reason,
             stop_reason=finish.stop_reason,
         )
-        return self._chunk([choice])
+        return [self._chunk([choice])]
 
-    def usage(self, usage: CompletionUsage) -> str:
+    def _usage(self, usage: CompletionUsage) -> str:
         return self._chunk([], usage)
 
     def response(self, choices: Sequence[WholeChoice], usage: CompletionUsage) -> CreateChatCompletionResponse:
@@ -183,26 +212,26 @@ class CompletionChunks(_ResponseObjects):
     ) -> CreateCompletionResponse:
         return CreateCompletionResponse(**self._stamp, choices=choices, usage=usage)
 
-    def start(self, index: int) -> None:
-        return None
+    def start(self, index: int) -> list[Event]:
+        return []
 
-    def delta(self, delta: Delta) -> str:
+    def delta(self, delta: Delta) -> list[Event]:
         if not isinstance(delta, Piece):
             raise TypeError(f"a completion has text only, not {type(delta).__name__}")
         choice = CompletionChoice(index=delta.index, text=delta.text, logprobs=self._legacy_logprobs(delta))
-        return self._chunk(choice)
+        return [self._chunk(choice)]
 
-    def finish(self, finish: Finish) -> str:
+    def finish(self, finish: Finish) -> list[Event]:
         choice = CompletionChoice(
             index=finish.index, text="", finish_reason=finish.reason, stop_reason=finish.stop_reason
         )
-        return self._chunk(choice)
+        return [self._chunk(choice)]
 
     def _chunk(self, choice: CompletionChoice) -> str:
         # The schema has no null `usage` (chat's has): the key is only on the usage chunk.
         return self._object([choice]).model_dump_json(exclude={"usage"})
 
-    def usage(self, usage: CompletionUsage) -> str:
+    def _usage(self, usage: CompletionUsage) -> str:
         return self._object([], usage).model_dump_json()
 
     def response(self, choices: Sequence[WholeChoice], usage: CompletionUsage) -> CreateCompletionResponse:

@@ -75,19 +75,19 @@ def error_response(error: TokservError) -> tuple[int, ErrorResponse]:
     return status, ErrorResponse(error=Error(message=error.message, type=kind, param=error.param, code=code))
 
 
-def error_event(error: TokservError, metrics: Metrics) -> str:
-    """The SSE data of an error after the stream started (counted in `metrics`)."""
-    return _event(error_response(error)[1], metrics)
+def error_body(error: TokservError, metrics: Metrics) -> ErrorResponse:
+    """The error envelope of a failure after the stream started (counted in `metrics`)."""
+    return _counted(error_response(error)[1], metrics)
 
 
-def unexpected_event(metrics: Metrics) -> str:
-    """The SSE data of an error no handler expected, after the stream started (counted in `metrics`)."""
-    return _event(_UNEXPECTED, metrics)
+def unexpected_body(metrics: Metrics) -> ErrorResponse:
+    """The error envelope of a failure no handler expected, after the stream started (counted in `metrics`)."""
+    return _counted(_UNEXPECTED, metrics)
 
 
-def _event(body: ErrorResponse, metrics: Metrics) -> str:
+def _counted(body: ErrorResponse, metrics: Metrics) -> ErrorResponse:
     metrics.error(body.error.type, body.error.code)
-    return body.model_dump_json()
+    return body
 
 
 def _json(request: Request, status: int, body: ErrorResponse, retry_after: int | None = None) -> JSONResponse:

@@ -19,12 +19,12 @@ from tokserve.config import Settings
 from tokserve.engine import Engine, TokenEvent, TokenStream
 from tokserve.errors import NotReady, TokservError
 from tokserve.schemas import CompletionUsage, GenerationParams, PromptTokensDetails, WireModel
-from tokserve.server.chunks import Chunks
+from tokserve.server.chunks import Chunks, Event
 from tokserve.server.conversion import PlannedChoice, ResponsePlan
 from tokserve.server.deltas import ChoiceDeltas, Delta, Finish, Logprob, Piece, WholeChoice
 from tokserve.server.dependencies import state_of
 from tokserve.server.drain import Drain
-from tokserve.server.errors import ClientDisconnected, error_event, log_unexpected, unexpected_event
+from tokserve.server.errors import ClientDisconnected, error_body, log_unexpected, unexpected_body
 from tokserve.server.request_id import request_id
 from tokserve.server.request_record import RequestRecord
 
@@ -180,7 +180,7 @@ async def _sse(
     plan: ResponsePlan,
     include_usage: bool,
     record: RequestRecord,
-) -> AsyncGenerator[str, None]:
+) -> AsyncGenerator[Event, None]:
     started: set[int] = set()
     finishes: list[Finish] = []
     failure: str | None = "cancelled"  # unless the loop below ends: the client left, and the generator was closed
@@ -188,30 +188,36 @@ async def _sse(
         async for piece in pieces:
             if piece.index not in started:
                 started.add(piece.index)
-                if (start := chunks.start(piece.index)) is not None:
-                    yield start
+                for event in chunks.start(piece.index):
+                    yield event
             if isinstance(piece, Finish):
                 finishes.append(piece)
-                yield chunks.finish(piece)
+                events = chunks.finish(piece)
             else:
-                yield chunks.delta(piece)
-        if include_usage:
-            yield chunks.usage(_usage(plan, finishes))
+                events = chunks.delta(piece)
+            for event in events:
+                yield event
+        for event in chunks.end(_usage(plan, finishes), include_usage):
+            yield event
         failure = None
     except TokservError as error:  # the response has started: the error must travel in-band
         failure = "error"
-        yield error_event(error, record.metrics)
-    except Exception as error:  # a bug of ours: in-band too, never a stream cut without [DONE]
+        for event in chunks.failed(error_body(error, record.metrics)):
+            yield event
+    except Exception as error:  # a bug of ours: in-band too, never a stream cut without its last event
         failure = "error"
         log_unexpected(error)
-        yield unexpected_event(record.metrics)
+        for event in chunks.failed(unexpected_body(record.metrics)):
+            yield event
     finally:
         _cancel(streams)  # stop string, disconnect or normal end alike: the worker drops them at its next step
         record.end(failure)
-    yield "[DONE]"
+        await chunks.closed(failure)
+    for event in chunks.done():
+        yield event
 
 
-async def _leaving(sse: AsyncGenerator[str, None], drain: Drain) -> AsyncIterator[str]:
+async def _leaving(sse: AsyncGenerator[Event, None], drain: Drain) -> AsyncIterator[Event]:
     """The stream, counted in flight until its last event is out (or the client left)."""
     try:
         async for event in sse:
