@@ -26,6 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from tokserve.config import Settings
+
+# Stored responses (/v1/responses) in memory, never in the user's data directory: for every app and process the
+# tests start, whatever their other settings.
+os.environ.setdefault("TOKSERVE_RESPONSES_DB", ":memory:")
 from tokserve.engine import Engine
 from tokserve.server import create_app, load_engine
 

@@ -3,7 +3,10 @@
 This is the only module that reads the environment. Parsing, such as `--replace 'FROM=TO'`, lives in validators.
 """
 
+import os
 import re
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -121,6 +124,16 @@ class Settings(BaseSettings):
         None, description="Jinja chat template file that replaces the model's own; default: the tokenizer's"
     )
     _chat_template_text: str | None = PrivateAttr(None)
+    responses_db: str = Field(
+        default_factory=lambda: default_responses_db(os.environ),
+        description="SQLite file of stored responses (/v1/responses with store: true); :memory: keeps them in memory "
+        "until the server stops; default: responses.sqlite3 in the user's data directory",
+    )
+    no_store: bool = Field(False, description="Store no responses: /v1/responses answers as if store were false")
+    max_stored_responses: int = Field(10_000, ge=1, description="Most responses stored; the oldest go first")
+    max_stored_bytes: int = Field(
+        256 * 2**20, ge=1, description="Most bytes of stored responses (their JSON); the oldest go first"
+    )
     tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = Field(
         "auto",
         description="How the model writes tool calls: hermes (<tool_call>{json}</tool_call>: Hermes, Qwen), "
@@ -270,3 +283,17 @@ class Settings(BaseSettings):
         if Path(self.model).is_dir():
             return Path(self.model).resolve().name
         return self.model
+
+
+def default_responses_db(environ: Mapping[str, str]) -> str:
+    """`responses.sqlite3` in the user's data directory, as platformdirs' `user_data_dir("tokserve")` would put it."""
+    home = Path(environ.get("HOME") or Path.home())
+    if sys.platform == "win32":
+        base = Path(environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        xdg = environ.get("XDG_DATA_HOME", "")
+        # The XDG spec: a relative value is invalid and must be ignored.
+        base = Path(xdg) if os.path.isabs(xdg) else home / ".local" / "share"
+    return str(base / "tokserve" / "responses.sqlite3")

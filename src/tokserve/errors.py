@@ -8,6 +8,7 @@ TokservError(message, param=None)   status, then OpenAI type or code
 │   │   ├── RequestTooLarge         413 code request_too_large
 │   │   └── BodyTimeout             408 code request_timeout (the body took longer than --body-timeout)
 │   ├── ModelNotFound               404 code model_not_found
+│   ├── ResponseNotFound            404 code response_not_found (a stored response, by id)
 │   └── HostNotAllowed              400 code host_not_allowed (the Host header, against DNS rebinding)
 ├── AuthenticationFailed            401 code invalid_api_key
 ├── Overloaded(retry_after)         429 + Retry-After
@@ -50,6 +51,10 @@ class BodyTimeout(LimitExceeded):
 
 class ModelNotFound(InvalidRequest):
     """The request names a model this server does not serve."""
+
+
+class ResponseNotFound(InvalidRequest):
+    """No stored response has this id (never stored, deleted, evicted, or the server stores none)."""
 
 
 class HostNotAllowed(InvalidRequest):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tokserve.config import default_responses_db
 from tokserve.errors import StartupError
-from tokserve.server.response_store import ResponseStore, StoredResponse, default_path
+from tokserve.server.response_store import ResponseStore, StoredResponse
 
 SECRET = "the user's secret: 4111 1111 1111 1111"
 
@@ -242,7 +243,7 @@ def test_closing_twice_is_harmless() -> None:
 
 def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "linux")
-    assert default_path({"HOME": "/home/u", "XDG_DATA_HOME": "/data"}) == "/data/tokserve/responses.sqlite3"
+    assert default_responses_db({"HOME": "/home/u", "XDG_DATA_HOME": "/data"}) == "/data/tokserve/responses.sqlite3"
     expected = "/home/u/.local/share/tokserve/responses.sqlite3"
-    assert default_path({"HOME": "/home/u"}) == expected
-    assert default_path({"HOME": "/home/u", "XDG_DATA_HOME": "relative"}) == expected  # the spec: ignored
+    assert default_responses_db({"HOME": "/home/u"}) == expected
+    assert default_responses_db({"HOME": "/home/u", "XDG_DATA_HOME": "relative"}) == expected  # the spec: ignored

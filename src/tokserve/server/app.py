@@ -17,6 +17,7 @@ from tokserve.server.errors import UnexpectedErrors, install_error_handlers
 from tokserve.server.limits import BodyLimits
 from tokserve.server.openapi import install_openapi
 from tokserve.server.request_id import HEADER, RequestIdMiddleware
+from tokserve.server.response_store import ResponseStore
 from tokserve.server.routes import docs, routers, ui
 from tokserve.server.security import SecurityMiddleware
 
@@ -33,6 +34,9 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not settings.no_store:  # opening checks the file: a bad one stops the start
+            limits = (settings.max_stored_responses, settings.max_stored_bytes)
+            state.responses = await asyncio.to_thread(ResponseStore, settings.responses_db, *limits)
         loading = asyncio.create_task(_load(state)) if engine is None else None
         yield
         state.phase = "draining"
@@ -40,6 +44,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             await loading
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.close)
+        if state.responses is not None:
+            await state.responses.close()
 
     # FastAPI's /docs and /redoc load their scripts from a CDN; routes/docs.py serves its own copies, if asked.
     app = FastAPI(title="tokserve", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -71,7 +77,7 @@ def _add_middleware(app: FastAPI, state: ServerState) -> None:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", HEADER],
             expose_headers=[HEADER],
         )

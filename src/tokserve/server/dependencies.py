@@ -10,6 +10,7 @@ from tokserve.engine import Engine
 from tokserve.errors import ModelNotFound, NotReady
 from tokserve.server.drain import Drain
 from tokserve.server.metrics import Metrics
+from tokserve.server.response_store import ResponseStore
 
 Phase = Literal["loading", "ready", "draining", "unhealthy"]
 
@@ -23,6 +24,7 @@ class ServerState:
     phase: Phase
     drain: Drain = field(default_factory=Drain)
     metrics: Metrics = field(init=False)
+    responses: ResponseStore | None = None  # stored Responses API objects; None with --no-store
 
     def __post_init__(self) -> None:
         self.metrics = Metrics(lambda: self.engine.counters if self.engine is not None else None)

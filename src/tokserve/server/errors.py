@@ -24,6 +24,7 @@ from tokserve.errors import (
     NotReady,
     Overloaded,
     RequestTooLarge,
+    ResponseNotFound,
     TokservError,
 )
 from tokserve.schemas import Error, ErrorResponse
@@ -39,6 +40,7 @@ _KINDS: dict[type[TokservError], tuple[int, str, str | None]] = {
     BodyTimeout: (408, "invalid_request_error", "request_timeout"),
     LimitExceeded: (400, "invalid_request_error", "limit_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found"),
+    ResponseNotFound: (404, "invalid_request_error", "response_not_found"),
     HostNotAllowed: (400, "invalid_request_error", "host_not_allowed"),
     InvalidRequest: (400, "invalid_request_error", None),
     AuthenticationFailed: (401, "invalid_request_error", "invalid_api_key"),

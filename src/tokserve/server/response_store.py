@@ -20,8 +20,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -222,18 +221,3 @@ def _create_private_file(path: Path) -> None:
     """Create the directories (0700) and the file (0600) if absent; SQLite gives its -wal and -shm the file's mode."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-
-
-def default_path(environ: Mapping[str, str] | None = None) -> str:
-    """`responses.sqlite3` in the user's data directory, as platformdirs' `user_data_dir("tokserve")` would put it."""
-    environ = os.environ if environ is None else environ
-    home = Path(environ.get("HOME") or Path.home())
-    if sys.platform == "win32":
-        base = Path(environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Application Support"
-    else:
-        xdg = environ.get("XDG_DATA_HOME", "")
-        # The XDG spec: a relative value is invalid and must be ignored.
-        base = Path(xdg) if os.path.isabs(xdg) else home / ".local" / "share"
-    return str(base / "tokserve" / _FILE_NAME)

@@ -1,7 +1,7 @@
 """One router per resource."""
 
-from tokserve.server.routes import chat, completions, health, metrics, models
+from tokserve.server.routes import chat, completions, health, metrics, models, responses
 
-routers = [chat.router, completions.router, models.router, health.router, metrics.router]
+routers = [chat.router, completions.router, responses.router, models.router, health.router, metrics.router]
 
 __all__ = ["routers"]

@@ -3,16 +3,14 @@ against OpenAI's own schemas (tests/data/openai-schemas.json, cut from openai-op
 take, refuse by name, or ignore."""
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jsonschema import Draft202012Validator
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from referencing import Registry, Resource
 
+from openai_schemas import SCHEMAS, problems
 from tokserve.schemas import (
     CreateResponse,
     DeletedResponse,
@@ -61,31 +59,6 @@ from tokserve.schemas import (
     ToolChoiceFunction,
     TopLogProb,
 )
-
-DOCUMENT = json.loads((Path(__file__).parents[1] / "data" / "openai-schemas.json").read_text())
-
-
-def _nullable(node: Any) -> Any:
-    """OpenAPI 3.0's `nullable: true`, which the document still uses in places, as JSON Schema says it."""
-    if isinstance(node, list):
-        return [_nullable(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    node = {key: _nullable(value) for key, value in node.items()}
-    if node.pop("nullable", False):
-        if "enum" in node:
-            node["enum"] = [*node["enum"], None]
-        node = {"anyOf": [node, {"type": "null"}]}
-    return node
-
-
-SCHEMAS = _nullable(DOCUMENT)["components"]["schemas"]
-REGISTRY = Registry().with_resource("urn:openai", Resource.opaque({"components": {"schemas": SCHEMAS}}))
-
-
-def problems(instance: Any, schema: str) -> list[str]:
-    validator = Draft202012Validator({"$ref": f"urn:openai#/components/schemas/{schema}"}, registry=REGISTRY)
-    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(instance)]
 
 
 def check(model: BaseModel, schema: str) -> dict[str, Any]:
