@@ -20,8 +20,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 10001 tokserve \
     && useradd --create-home --uid 10001 --gid 10001 tokserve \
     && python -m venv /opt/tokserve \
-    && mkdir -p /home/tokserve/.cache/huggingface \
-    && chown -R tokserve:tokserve /home/tokserve/.cache
+    && mkdir -p /home/tokserve/.cache/huggingface /home/tokserve/.local/share/tokserve \
+    && chown -R tokserve:tokserve /home/tokserve/.cache /home/tokserve/.local
 WORKDIR /src
 
 COPY deploy/install.sh deploy/install.sh

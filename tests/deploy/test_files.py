@@ -48,6 +48,8 @@ def test_compose_serves_a_gpu_drains_and_scales() -> None:
     devices = tokserve["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert "hf-cache:/home/tokserve/.cache/huggingface" in tokserve["volumes"]
+    # Stored responses: one SQLite file for the replicas of a host (the image makes the folder theirs).
+    assert "responses:/home/tokserve/.local/share/tokserve" in tokserve["volumes"]
     assert tokserve["restart"] == "unless-stopped"
     assert tokserve["healthcheck"]["test"] == ["CMD", "python", "/src/deploy/healthcheck.py"]
     grace = int(re.fullmatch(r"(\d+)s", tokserve["stop_grace_period"]).group(1))  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from tokserve.server import create_app
 
 # A low cap keeps the valid requests cheap: at most this many tokens per choice.
 CAP = 4
-EXAMPLES = 60  # per operation, 4 operations
+EXAMPLES = 60  # per operation
 
 
 def test_fuzzing_finds_no_server_error_and_no_answer_off_the_document(

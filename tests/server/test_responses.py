@@ -186,6 +186,24 @@ def test_stored_responses_survive_a_restart(
             sdk.responses.retrieve(answer.id)
 
 
+def test_a_stream_whose_client_left_is_stored_incomplete(
+    http: httpx.Client, base_url: str, wait_until: Callable[[Callable[[], bool]], None]
+) -> None:
+    body = {"input": "Tell me a long story.", "max_output_tokens": 200, "stream": True}
+    with (
+        httpx.Client(base_url=base_url, timeout=120) as leaving,
+        leaving.stream("POST", "/v1/responses", json=body) as stream,
+    ):
+        payloads = (json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: "))
+        response_id = next(payloads)["response"]["id"]
+        next(event for event in payloads if event["type"] == "response.output_text.delta")
+    # Left after the first text: the server keeps what it had once it notices (at its next event).
+    wait_until(lambda: http.get(f"/v1/responses/{response_id}").status_code == 200)
+    stored = http.get(f"/v1/responses/{response_id}").json()
+    check(stored, "Response")
+    assert stored["status"] == "incomplete" and stored["output"][0]["content"][0]["text"]
+
+
 def test_a_failure_mid_stream_is_a_failed_response(http: httpx.Client, fault_marker: str) -> None:
     events = _events(http, {"input": f"{fault_marker}2 Hello", "max_output_tokens": 10})
     name, event = events[-1]
