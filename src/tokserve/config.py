@@ -134,6 +134,12 @@ class Settings(BaseSettings):
     max_stored_bytes: int = Field(
         256 * 2**20, ge=1, description="Most bytes of stored responses (their JSON); the oldest go first"
     )
+    weights: Literal["dequantized", "native"] = Field(
+        "dequantized",
+        description="For a .gguf model on the CPU: native computes on its Q4_0 and Q4_1 linears as they are (4-bit, "
+        "bfloat16 activations through torch's int4 kernel, larger prefill chunks dequantized on the fly); "
+        "dequantized loads every weight as float32 (then --dtype)",
+    )
     tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = Field(
         "auto",
         description="How the model writes tool calls: hermes (<tool_call>{json}</tool_call>: Hermes, Qwen), "

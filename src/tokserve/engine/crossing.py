@@ -106,6 +106,7 @@ class EngineSettings:
     device: str = "auto"
     dtype: str = "auto"
     quantization: str | None = None
+    weights: str = "dequantized"
     device_map: str | None = None
     threads: int | None = None
     max_model_len: int | None = None

@@ -85,7 +85,14 @@ class Engine:
         """Load the model, start the worker and run a short warm-up generation through it."""
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
-        loaded = load_model(settings.model, settings.device, settings.dtype, settings.quantization, settings.device_map)
+        loaded = load_model(
+            settings.model,
+            settings.device,
+            settings.dtype,
+            settings.quantization,
+            settings.device_map,
+            settings.weights,
+        )
         engine = cls(loaded, settings)
         logger.info("Warming up")
         asyncio.run(engine._warm_up())

@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tokserve.engine.gguf_native import quantize_in_place
 from tokserve.engine.kv_cache import ATTENTION
 from tokserve.errors import StartupError
 
@@ -37,6 +38,7 @@ class LoadedModel:
     device: torch.device
     max_model_len: int
     eos_ids: frozenset[int]
+    weights: str = "dequantized"  # native: the GGUF's 4-bit linears computed as they are (gguf_native.py)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -59,6 +61,7 @@ class LoadedModel:
             "dtype": str(self.model.dtype),
             "device": self.device.type,
             "quantization": repr(getattr(self.model.config, "quantization_config", None)),
+            "weights": self.weights,
             "prefix_caching": prefix_caching,
         }
         digest = hashlib.sha256(json.dumps(backend, sort_keys=True, default=str).encode()).hexdigest()
@@ -123,14 +126,18 @@ def load_model(
     dtype: str = "auto",
     quantization: str | None = None,
     device_map: str | None = None,
+    weights: str = "dequantized",
 ) -> LoadedModel:
     """Load tokenizer and model; `source` None means the embedded default.
 
     `quantization` (bnb-4bit, bnb-8bit) needs CUDA and bitsandbytes; `device_map="auto"` spreads the model over
-    all visible GPUs (accelerate), and inputs then go to the device of its first weights.
+    all visible GPUs (accelerate), and inputs then go to the device of its first weights. `weights="native"` keeps a
+    GGUF file's Q4_0 and Q4_1 linears 4-bit on the CPU (`gguf_native.py`).
     """
     where, gguf_file = _locate(source)
     target = resolve_device(device)
+    if weights == "native" and (gguf_file is None or target.type != "cpu" or quantization or device_map):
+        raise StartupError("--weights native needs a .gguf model on the CPU, without --quantization or --device-map.")
     torch_dtype = _DTYPES.get(dtype) or auto_dtype(target)
     quantization_config = _quantization_config(quantization, target, torch_dtype)
     logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
@@ -152,6 +159,9 @@ def load_model(
     )  # from_pretrained returns the model in eval mode
     if model.dtype != torch_dtype and quantization_config is None:  # bitsandbytes' weights cannot be cast
         torch.nn.Module.to(model, torch_dtype)
+    if weights == "native" and gguf_file is not None:
+        dense = quantize_in_place(model, str(Path(where) / gguf_file))
+        logger.info("Computing on the GGUF's 4-bit linears; left dense: %s", ", ".join(dense) or "none")
     _check_attention_only(model)
     model.set_attn_implementation(ATTENTION)  # the engine's paged attention; plain SDPA outside the engine
     return LoadedModel(
@@ -160,6 +170,7 @@ def load_model(
         device=model.device if device_map else target,
         max_model_len=int(model.config.max_position_embeddings),
         eos_ids=_eos_ids(model, tokenizer),
+        weights=weights,
     )
 
 

@@ -1,0 +1,53 @@
+"""`--weights native` end to end: the embedded GGUF's 4-bit linears computed as they are, in bfloat16 activations,
+served by a real engine (continuous batching, prefix caching, the batch sampler), write what the dequantized float32
+model writes, up to near-ties."""
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+import openai
+import pytest
+from fastapi import FastAPI
+
+from tokserve.config import Settings
+from tokserve.engine import Engine, EngineSettings
+from tokserve.errors import StartupError
+from tokserve.server import create_app
+
+PROMPTS = ["The capital of France is", "Once upon a time, in a small village,"]
+
+
+@pytest.fixture(scope="module")
+def native_url(serve_app: Callable[[FastAPI], AbstractContextManager[str]]) -> Iterator[str]:
+    engine = Engine.load(EngineSettings(weights="native", dtype="bfloat16", max_running=4))
+    try:
+        assert engine.loaded.weights == "native"
+        with serve_app(create_app(Settings(), engine=engine)) as url:
+            yield url
+    finally:
+        engine.close()
+
+
+def test_native_weights_write_what_the_dequantized_model_writes(client: openai.OpenAI, native_url: str) -> None:
+    params = {"prompt": PROMPTS, "max_tokens": 16, "temperature": 0, "logprobs": 5}
+    reference = client.completions.create(model=None, **params)  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=f"{native_url}/v1", api_key="x", max_retries=0) as native_client:
+        native = native_client.completions.create(model=None, **params)  # type: ignore[arg-type]
+        again = native_client.completions.create(model=None, **params)  # type: ignore[arg-type]
+    assert [choice.text for choice in again.choices] == [choice.text for choice in native.choices]  # prefix cached
+    for expected, actual in zip(reference.choices, native.choices, strict=True):
+        assert expected.logprobs is not None and actual.logprobs is not None
+        expected_tokens, actual_tokens = expected.logprobs.tokens or [], actual.logprobs.tokens or []
+        at = next((i for i, (a, b) in enumerate(zip(expected_tokens, actual_tokens)) if a != b), None)
+        if at is not None:  # bfloat16 may turn a near-tie: the native pick was (nearly) the reference's best too
+            top = (expected.logprobs.top_logprobs or [])[at]
+            assert actual_tokens[at] in top
+            assert math.isclose(top[actual_tokens[at]], top[expected_tokens[at]], abs_tol=2e-2)
+        first = (expected.logprobs.token_logprobs or [])[0], (actual.logprobs.token_logprobs or [])[0]
+        assert first[0] is not None and first[1] is not None and abs(first[0] - first[1]) < 2e-2
+
+
+def test_native_weights_need_a_gguf_on_the_cpu() -> None:
+    with pytest.raises(StartupError, match="--weights native"):
+        Engine.load(EngineSettings(weights="native", device="cpu", quantization="bnb-4bit"))
