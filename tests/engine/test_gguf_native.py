@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.generation.utils import GenerateOutput
 
+from tokserve.engine import Engine
 from tokserve.engine.gguf_native import (
     KERNEL_ROWS,
     Q4Blocks,
@@ -20,7 +21,6 @@ from tokserve.engine.gguf_native import (
     quantize_in_place,
     read_linears,
 )
-from tokserve.engine import Engine
 from tokserve.engine.loading import LoadedModel, embedded_model_file
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
