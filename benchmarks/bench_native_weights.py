@@ -1,0 +1,97 @@
+"""`--weights native` against dequantized weights on the embedded model, through the engine (no HTTP): load time,
+resident memory after load and at peak, one stream's and 8 streams' decode rate. Each variant runs in its own process
+(memory is per process); the variants take turns round by round, so a noisy neighbour hits them alike.
+
+    HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/bench_native_weights.py --rounds 3 --out native.json
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "dequantized float32": {"weights": "dequantized", "dtype": "float32"},
+    "dequantized bfloat16": {"weights": "dequantized", "dtype": "bfloat16"},
+    "native bfloat16": {"weights": "native", "dtype": "bfloat16"},
+}
+
+
+def _memory() -> dict[str, float]:
+    """VmRSS and VmHWM of this process, in MB."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    fields = dict(line.split(":", 1) for line in status if ":" in line)
+    return {name: int(fields[key].split()[0]) / 1024 for name, key in (("rss", "VmRSS"), ("peak", "VmHWM"))}
+
+
+def measure(weights: str, dtype: str, tokens: int) -> dict[str, float]:
+    """One variant, in this process."""
+    from tokserve.engine import Engine, EngineSettings, GenerationRequest, SamplingParams
+
+    started = time.perf_counter()
+    engine = Engine.load(EngineSettings(weights=weights, dtype=dtype, max_running=8))
+    load = time.perf_counter() - started
+    memory = _memory()
+    prompt = tuple(engine.encode_chat([{"role": "user", "content": "Tell me a story about the sea."}]))
+
+    async def streams(count: int) -> float:
+        requests = [
+            GenerationRequest(f"r{i}", prompt, tokens, SamplingParams(temperature=0.0), ignore_eos=True)
+            for i in range(count)
+        ]
+        begun = time.perf_counter()
+
+        async def drain(stream: object) -> int:
+            return len([event async for event in stream.events()])  # type: ignore[attr-defined]
+
+        counted = await asyncio.gather(*(drain(stream) for stream in engine.submit_all(requests)))
+        return sum(counted) / (time.perf_counter() - begun)
+
+    asyncio.run(streams(1))  # warm-up
+    one = statistics.median(asyncio.run(streams(1)) for _ in range(3))
+    eight = asyncio.run(streams(8))
+    engine.close()
+    return {
+        "load_s": load,
+        "rss_mb": memory["rss"],
+        "peak_mb": _memory()["peak"],
+        "one_tok_s": one,
+        "eight_tok_s": eight,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--out")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # a child process: measure one variant
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(measure(**VARIANTS[args.variant], tokens=args.tokens)))
+        return
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in VARIANTS}
+    for _ in range(args.rounds):
+        for name in VARIANTS:
+            command = [sys.executable, __file__, "--variant", name, "--tokens", str(args.tokens)]
+            run = subprocess.run(command, capture_output=True, text=True, check=True)
+            results[name].append(json.loads(run.stdout.strip().splitlines()[-1]))
+    base = statistics.median(r["one_tok_s"] for r in results["dequantized float32"])
+    print(f"{'variant':22} {'load s':>7} {'RSS MB':>7} {'peak MB':>8} {'1 stream':>9} {'vs fp32':>8} {'8 streams':>10}")
+    for name, runs in results.items():
+        median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        print(
+            f"{name:22} {median['load_s']:7.1f} {median['rss_mb']:7.0f} {median['peak_mb']:8.0f} "
+            f"{median['one_tok_s']:9.1f} {median['one_tok_s'] / base:7.2f}x {median['eight_tok_s']:10.1f}"
+        )
+    if args.out:
+        with open(args.out, "w") as file:
+            json.dump(results, file, indent=1)
+
+
+if __name__ == "__main__":
+    main()
