@@ -11,6 +11,7 @@ from tokserve.schemas.generation import (
     WireModel,
     invalid,
     refuse_unless,
+    string_or_list,
 )
 from tokserve.schemas.tools import (
     ChatCompletionFunctionCallOption,
@@ -48,15 +49,11 @@ _ContentPart = Annotated[
 ]
 
 
-def _string_or_list(value: Any) -> str | None:
-    return "string" if isinstance(value, str) else "list" if isinstance(value, list) else None
-
-
 # Told apart by the JSON type, so an error is reported against the one the client meant.
 MessageContent = Annotated[
     Annotated[str, Tag("string")] | Annotated[list[_ContentPart], Tag("list")],
     Discriminator(
-        _string_or_list,
+        string_or_list,
         custom_error_type="string_or_list_type",
         custom_error_message="content must be a string or a list of text parts",
     ),

@@ -44,6 +44,12 @@ def refuse_unless(reason: str, accepts: Callable[[Any], bool] = _changes_nothing
     return AfterValidator(check)
 
 
+def string_or_list(value: Any) -> str | None:
+    """The tag of a value that may be a string or a list (a pydantic `Discriminator`): errors then name the one the
+    client meant."""
+    return "string" if isinstance(value, str) else "list" if isinstance(value, list) else None
+
+
 def invalid(param: str, message: str, kind: str = "invalid_request") -> PydanticCustomError:
     """A request error found across fields, naming the field at fault (`ctx.param`) for the error envelope."""
     return PydanticCustomError(kind, message, {"param": param})

@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from tokserve.schemas.generation import WireModel, invalid
+from tokserve.schemas.generation import WireModel, invalid, string_or_list
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 
@@ -104,14 +104,10 @@ _InputContent = Annotated[
 ]
 
 
-def _string_or_list(value: Any) -> str | None:
-    return "string" if isinstance(value, str) else "list" if isinstance(value, list) else None
-
-
 _MessageContent = Annotated[
     Annotated[str, Tag("string")] | Annotated[list[_InputContent], Tag("list")],
     Discriminator(
-        _string_or_list,
+        string_or_list,
         custom_error_type="string_or_list_type",
         custom_error_message="content must be a string or a list of input_text parts",
     ),
@@ -206,7 +202,7 @@ InputItem = Annotated[
 InputParam = Annotated[
     Annotated[str, Tag("string")] | Annotated[list[InputItem], Tag("list")],
     Discriminator(
-        _string_or_list,
+        string_or_list,
         custom_error_type="string_or_list_type",
         custom_error_message="input must be a string or a list of items",
     ),

@@ -70,12 +70,15 @@ def input_messages(body: CreateResponse) -> list[dict[str, Any]]:
     return messages
 
 
-def chat_request(body: CreateResponse, history: list[dict[str, Any]], template: str) -> CreateChatCompletionRequest:
-    """The chat request that generates this response, after `history` (the stored conversation, if any)."""
+def chat_request(
+    body: CreateResponse, history: list[dict[str, Any]], inputs: list[dict[str, Any]], template: str
+) -> CreateChatCompletionRequest:
+    """The chat request that generates this response: `history` (the stored conversation, if any), then `inputs`
+    (`input_messages(body)`)."""
     instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
     chat: dict[str, Any] = {
         "model": body.model,
-        "messages": [*instructions, *history, *input_messages(body)],
+        "messages": [*instructions, *history, *inputs],
         "max_completion_tokens": body.max_output_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,
@@ -114,9 +117,9 @@ def _response_format(format: Any) -> dict[str, Any]:
     return {"type": format.type}
 
 
-def conversation(history: list[dict[str, Any]], body: CreateResponse, answer: list[dict[str, Any]]) -> str:
+def conversation(history: list[dict[str, Any]], inputs: list[dict[str, Any]], answer: list[dict[str, Any]]) -> str:
     """The conversation to keep for a later turn, as JSON: the history, this input, this answer."""
-    return json.dumps([*history, *input_messages(body), *answer])
+    return json.dumps([*history, *inputs, *answer])
 
 
 def input_resources(body: CreateResponse) -> list[BaseModel]:

@@ -18,7 +18,7 @@ from tokserve.server.conversion import chat_plan
 from tokserve.server.dependencies import EngineDep, SettingsDep, StateDep
 from tokserve.server.response_objects import ResponseEvents, answer_messages, dumped
 from tokserve.server.response_store import ResponseStore, StoredResponse
-from tokserve.server.responses import chat_request, conversation, input_resources, new_id
+from tokserve.server.responses import chat_request, conversation, input_messages, input_resources, new_id
 from tokserve.server.streaming import respond
 
 router = APIRouter()
@@ -33,7 +33,8 @@ async def create_response(
     if body.previous_response_id is not None:
         history = json.loads((await _stored(store, body.previous_response_id, "previous_response_id")).conversation)
     template = settings.chat_template_text or engine.chat_template or ""
-    chat = chat_request(body, history, template)
+    inputs = input_messages(body)
+    chat = chat_request(body, history, inputs, template)
     # Off the event loop, as conversion.py says; raises what chat completions raise, naming chat's fields.
     plan = await asyncio.to_thread(chat_plan, chat, engine, settings)
     if len(plan.choices) != 1:
@@ -65,7 +66,7 @@ async def create_response(
                     response.id,
                     response.model_dump_json(),
                     dumped(input_resources(body)),
-                    conversation(history, body, answer),
+                    conversation(history, inputs, answer),
                     response.created_at,
                 )
             )
