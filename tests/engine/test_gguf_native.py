@@ -3,6 +3,7 @@ the model transformers dequantizes), QuantizedLinear against a dense product, an
 
 import copy
 from collections.abc import Iterator
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -18,6 +19,7 @@ from tokserve.engine.gguf_native import (
     Q4Blocks,
     QuantizedLinear,
     decode_blocks,
+    load_llama,
     quantize_in_place,
     read_linears,
 )
@@ -120,6 +122,47 @@ def _quantized(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
     torch.nn.Module.to(quantized, dtype)
     assert quantize_in_place(quantized, embedded_model_file()) == ["lm_head"]  # the tied Q8_0 embedding
     return quantized
+
+
+def test_a_model_built_from_the_file_is_the_one_transformers_loads_then_quantized(loaded: LoadedModel) -> None:
+    built = load_llama(embedded_model_file(), torch.bfloat16)
+    assert built is not None
+    model, dequantized = built
+    layers = range(model.config.num_hidden_layers)
+    norms = [
+        f"model.layers.{i}.{norm}.weight" for i in layers for norm in ("input_layernorm", "post_attention_layernorm")
+    ]
+    assert sorted(dequantized) == sorted(
+        [f"{name} (F32)" for name in [*norms, "model.norm.weight"]] + ["model.embed_tokens.weight (Q8_0)"]
+    )
+    reference = _quantized(loaded.model, torch.bfloat16)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # the tied embedding, stored once
+    # Not read from the file: the dtype asked for, and transformers' note that it dequantized the file.
+    unlike = {"dtype", "quantization_config"}
+    config, expected_config = model.config.to_dict(), reference.config.to_dict()
+    assert {key: config[key] for key in config.keys() - unlike} == {
+        key: expected_config[key] for key in expected_config.keys() - unlike
+    }
+    assert not model.training and model.dtype == torch.bfloat16
+    for (name, actual), (_, expected) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
+        assert actual.dtype == expected.dtype and torch.equal(actual, expected), name
+    # The rotary table stays float32, as transformers makes it for a bfloat16 model (a cast model rounds it).
+    for (name, actual), (_, expected) in zip(model.named_buffers(), loaded.model.named_buffers(), strict=True):
+        assert actual.dtype == torch.float32 and torch.equal(actual, expected), name
+    for (name, actual), (_, expected) in zip(model.named_modules(), reference.named_modules(), strict=True):
+        if isinstance(expected, QuantizedLinear):
+            assert isinstance(actual, QuantizedLinear), name
+            assert torch.equal(actual.packed, expected.packed), name
+            assert torch.equal(actual.scales_and_zeros, expected.scales_and_zeros), name
+
+
+def test_only_llama_files_are_built_from_the_file(tmp_path: Path) -> None:
+    writer = gguf.GGUFWriter(tmp_path / "other.gguf", "qwen2")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    assert load_llama(tmp_path / "other.gguf", torch.float32) is None
 
 
 def _prompt_ids(loaded: LoadedModel, prompt: str) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """A GGUF file's own 4-bit weights (Q4_0, Q4_1) computed with on a CPU, instead of their float32 dequantization.
 
-`quantize_in_place` swaps a loaded Llama model's linears for `QuantizedLinear`s built from the file's blocks. Few rows
+`load_llama` builds a Llama file's model on the meta device and fills it straight from the file: its 4-bit linears
+become `QuantizedLinear`s, every other tensor is dequantized once into the model's dtype, and no float32 copy of the
+whole model is ever made. For other architectures, `quantize_in_place` swaps the linears of a model transformers
+loaded (dequantized) for `QuantizedLinear`s built from the file's blocks. Few rows
 (decoding) in bfloat16 go through torch's CPU int4 kernel, whose scales are bfloat16; more rows (a prompt chunk), or
 other dtypes, get the layer's weights dequantized on the fly, exactly as transformers dequantizes them, and a dense
 product. CPU only; other block types (Q8_0, the K-quants) stay as transformers loaded them.
@@ -17,7 +20,9 @@ import gguf
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights  # type: ignore[import-untyped]
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from tokserve.errors import StartupError
 
@@ -37,6 +42,8 @@ _LINEARS = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+_LAYER_NORMS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+_MODEL_TENSORS = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _TENSOR_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 
 
@@ -114,6 +121,60 @@ class QuantizedLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = "Q4_0" if self.m is None else "Q4_1"
         return f"in_features={self.in_features}, out_features={self.out_features}, {kind}, bias={self.bias is not None}"
+
+
+def load_llama(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, list[str]] | None:
+    """A Llama GGUF file's model in eval mode on the CPU, its Q4_0/Q4_1 linears as QuantizedLinears and its other
+    tensors dequantized into `dtype` (a tied lm_head shares the embedding), with the names of the tensors
+    dequantized and their GGUF types. None for another architecture, or a file with tensors this does not place."""
+    reader = gguf.GGUFReader(path)
+    if _field(reader, "general.architecture") != "llama":
+        return None
+    config = AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    with init_empty_weights(include_buffers=False):  # parameters on the meta device, the rotary tables computed
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
+    model.tie_weights()
+    expected = {name for name, _ in model.named_parameters()}  # a tied lm_head once, as the embedding
+    tensors = {_parameter_name(tensor.name): tensor for tensor in reader.tensors}
+    if tensors.keys() != expected:
+        return None
+    heads = int(_field(reader, "llama.attention.head_count"))
+    kv_heads = int(_field(reader, "llama.attention.head_count_kv") or heads)
+    dequantized = []
+    for name, tensor in tensors.items():
+        module_name, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        rows = None
+        if module_name.endswith(("q_proj", "k_proj")):  # the rotary interleaving llama.cpp's converter adds
+            rows = _rotary_rows(int(tensor.shape[-1]), heads if module_name.endswith("q_proj") else kv_heads)
+        if tensor.tensor_type in _BLOCK_BYTES and isinstance(module, nn.Linear) and module.bias is None:
+            blocks = decode_blocks(tensor.data, tensor.tensor_type)
+            blocks = blocks if rows is None else blocks.rows(rows)
+            if blocks.q.shape[0] % _KERNEL_BLOCK_ROWS == 0:
+                parent, _, child = module_name.rpartition(".")
+                setattr(model.get_submodule(parent), child, QuantizedLinear(blocks))
+                continue
+            values = blocks.dequantize()
+        else:
+            shape = [int(size) for size in reversed(tensor.shape)]
+            array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)  # float32 tensors: the file's pages
+            values = torch.from_numpy(np.require(array, requirements="W")).reshape(shape)
+            values = values if rows is None else values[rows]
+        dequantized.append(f"{name} ({tensor.tensor_type.name})")
+        module._parameters[attribute] = nn.Parameter(values.to(dtype), requires_grad=False)
+    model.tie_weights()  # the lm_head back onto the embedding now filled
+    model.eval()
+    return model, dequantized
+
+
+def _parameter_name(tensor: str) -> str:
+    """transformers' Llama parameter name for a GGUF tensor name ("" for one it has none for)."""
+    match = _TENSOR_NAME.fullmatch(tensor)
+    if match is None:
+        module = _MODEL_TENSORS.get(tensor.removesuffix(".weight"))
+        return f"{module}.weight" if module and tensor.endswith(".weight") else ""
+    module = _LINEARS.get(match[2]) or _LAYER_NORMS.get(match[2])
+    return f"model.layers.{match[1]}.{module}.weight" if module else ""
 
 
 def read_linears(path: str | Path) -> dict[str, Q4Blocks]:

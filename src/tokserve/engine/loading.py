@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tokserve.engine.gguf_native import quantize_in_place
+from tokserve.engine.gguf_native import load_llama, quantize_in_place
 from tokserve.engine.kv_cache import ATTENTION
 from tokserve.errors import StartupError
 
@@ -152,19 +152,24 @@ def load_model(
         str(torch_dtype).removeprefix("torch."),
         f", quantized {quantization}" if quantization else "",
     )
-    # A GGUF file is dequantized in float32 (transformers' GGUF path warns at any other dtype), then cast.
-    model = AutoModelForCausalLM.from_pretrained(
-        where,
-        gguf_file=gguf_file,
-        dtype=torch.float32 if gguf_file else torch_dtype,
-        device_map=placement,
-        quantization_config=quantization_config,
-    )  # from_pretrained returns the model in eval mode
-    if model.dtype != torch_dtype and quantization_config is None:  # bitsandbytes' weights cannot be cast
-        torch.nn.Module.to(model, torch_dtype)
-    if weights == "native" and gguf_file is not None:
-        dense = quantize_in_place(model, str(Path(where) / gguf_file))
-        logger.info("Computing on the GGUF's 4-bit linears; left dense: %s", ", ".join(dense) or "none")
+    native = load_llama(Path(where) / gguf_file, torch_dtype) if weights == "native" and gguf_file else None
+    if native is not None:
+        model, dequantized = native
+        logger.info("Computing on the GGUF's 4-bit linears; dequantized: %s", ", ".join(dequantized) or "none")
+    else:
+        # A GGUF file is dequantized in float32 (transformers' GGUF path warns at any other dtype), then cast.
+        model = AutoModelForCausalLM.from_pretrained(
+            where,
+            gguf_file=gguf_file,
+            dtype=torch.float32 if gguf_file else torch_dtype,
+            device_map=placement,
+            quantization_config=quantization_config,
+        )  # from_pretrained returns the model in eval mode
+        if model.dtype != torch_dtype and quantization_config is None:  # bitsandbytes' weights cannot be cast
+            torch.nn.Module.to(model, torch_dtype)
+        if weights == "native" and gguf_file is not None:
+            dense = quantize_in_place(model, str(Path(where) / gguf_file))
+            logger.info("Computing on the GGUF's 4-bit linears; left dense: %s", ", ".join(dense) or "none")
     _check_attention_only(model)
     _return_freed_memory()
     model.set_attn_implementation(ATTENTION)  # the engine's paged attention; plain SDPA outside the engine
