@@ -295,6 +295,7 @@ def _warm_up(target: Target, args: argparse.Namespace) -> None:
     start = time.perf_counter()
     body = _body(PROMPTS[0], 4, target, args.model) | {"max_tokens": 4}
     body.pop("generation_config", None)
+    body.pop("min_tokens", None)
     timing = asyncio.run(_stream_alone(target.url, body))
     if timing.error:
         sys.exit(f"{target.name} at {target.url} failed its first request: {timing.error}")
@@ -334,6 +335,8 @@ def _fixed_length(how: str, max_tokens: int) -> dict[str, object]:
         return {"ignore_eos": True}
     if how == "generation-config":  # transformers serve: a GenerationConfig as a JSON string
         return {"generation_config": json.dumps({"min_new_tokens": max_tokens})}
+    if how == "min-tokens":  # llama-cpp-python's server: its end-of-sequence token held back (llama_cpp_peer.md)
+        return {"min_tokens": max_tokens}
     return {}
 
 
@@ -350,10 +353,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--peer", action="append", default=[], metavar="NAME=URL", help="a labelled running server")
     parser.add_argument(
         "--peer-fixed-length",
-        choices=["ignore-eos", "generation-config", "none"],
+        choices=["ignore-eos", "generation-config", "min-tokens", "none"],
         default="ignore-eos",
         help="how --url/--peer servers are asked for exactly --max-tokens tokens: `ignore_eos` (tokserve, vLLM), "
-        "transformers serve's `generation_config` with min_new_tokens, or nothing (for servers that refuse both)",
+        "transformers serve's `generation_config` with min_new_tokens, `min_tokens` (llama-cpp-python), or nothing "
+        "(for servers that refuse all of them)",
     )
     parser.add_argument("--model", help="`model` sent in each request (default: none, the server's only model)")
     parser.add_argument(

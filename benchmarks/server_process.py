@@ -19,11 +19,15 @@ def _free_port() -> int:
 
 
 def wait_until_healthy(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 300) -> None:
-    """Poll `url`/health until it answers 200; exit if `process` ends or `timeout` seconds pass."""
+    """Poll `url`/health (or /v1/models, for servers without /health such as llama-cpp-python's) until one answers
+    200; exit if `process` ends or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/health").status_code == 200:
+            status = httpx.get(f"{url}/health").status_code
+            if status == 404:  # no /health at all: ready once it lists its models
+                status = httpx.get(f"{url}/v1/models").status_code
+            if status == 200:
                 return
         except httpx.TransportError:
             pass

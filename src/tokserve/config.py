@@ -134,11 +134,12 @@ class Settings(BaseSettings):
     max_stored_bytes: int = Field(
         256 * 2**20, ge=1, description="Most bytes of stored responses (their JSON); the oldest go first"
     )
-    weights: Literal["dequantized", "native"] = Field(
-        "dequantized",
+    weights: Literal["auto", "native", "dequantized"] = Field(
+        "auto",
         description="For a .gguf model on the CPU: native computes on its Q4_0 and Q4_1 linears as they are (4-bit, "
         "bfloat16 activations through torch's int4 kernel, larger prefill chunks dequantized on the fly); "
-        "dequantized loads every weight as float32 (then --dtype)",
+        "dequantized loads every weight as float32 (then --dtype); auto: native where the dtype is bfloat16 "
+        "(--dtype auto on CPUs with AVX512-BF16 or AMX), else dequantized",
     )
     tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = Field(
         "auto",

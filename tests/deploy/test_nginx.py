@@ -1,5 +1,6 @@
-"""deploy/nginx.conf, run by Debian's nginx in front of two `tokserve serve` processes on loopback: requests go
-round-robin, and a stream passes through event by event, not buffered until it ends.
+"""deploy/nginx.conf, run by Debian's nginx in front of two `tokserve serve` processes on loopback: the requests of
+one X-Session-Id go to one replica, requests without one spread over both, and a stream passes through event by
+event, not buffered until it ends. Which replica answered is read from each replica's own /metrics.
 
 Debian's nginx 1.22 also passed this short stream on event by event with `proxy_buffering on` (tried by hand), so
 the directives that keep long streams unbuffered and uncut are checked in the file as well."""
@@ -98,19 +99,48 @@ def test_stream_passes_through_event_by_event(replicas: list[TokserveProcess], t
         assert rest[-1] == "data: [DONE]" and len(rest) == 12 - 1 + 2  # the other tokens, the finish, [DONE]
 
 
-def test_requests_go_round_robin(replicas: list[TokserveProcess], tmp_path: Path) -> None:
-    backends = [backend.url.removeprefix("http://") for backend in replicas]
+def answered_by(replicas: list[TokserveProcess], url: str, headers: list[dict[str, str]]) -> list[int]:
+    """Send one short request per item of `headers`, one after another, through nginx; how many each replica
+    answered."""
     before = [finished(backend) for backend in replicas]
-    with nginx(tmp_path, backends) as url, httpx.Client(base_url=url, timeout=120) as http:
-        for _ in range(2):
-            reply = http.post("/v1/completions", json={**SHORT, "stream": False, "max_tokens": 2})
-            assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 2
-    assert [finished(backend) - then for backend, then in zip(replicas, before, strict=True)] == [1, 1]
+    with httpx.Client(base_url=url, timeout=120) as http:
+        for extra in headers:
+            body = {**SHORT, "stream": False, "max_tokens": 1}
+            reply = http.post("/v1/completions", json=body, headers=extra)
+            assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] == 1
+    return [int(finished(backend) - then) for backend, then in zip(replicas, before, strict=True)]
+
+
+def test_a_session_stays_on_one_replica(replicas: list[TokserveProcess], tmp_path: Path) -> None:
+    backends = [backend.url.removeprefix("http://") for backend in replicas]
+    with nginx(tmp_path, backends) as url:
+        for session in ("conversation-a", "conversation-b", "conversation-c"):
+            counts = answered_by(replicas, url, [{"X-Session-Id": session}] * 4)
+            assert sorted(counts) == [0, 4], session  # every turn on the replica that holds its KV cache
+
+
+# Both tests below send 24 requests with keys nginx hashes onto a ring where each replica holds about half the
+# points: all 24 on one replica would happen with a probability below 1e-4 even at a 65/35 split.
+def test_requests_without_a_session_spread_over_the_replicas(replicas: list[TokserveProcess], tmp_path: Path) -> None:
+    backends = [backend.url.removeprefix("http://") for backend in replicas]
+    with nginx(tmp_path, backends) as url:
+        counts = answered_by(replicas, url, [{}] * 24)
+    assert sum(counts) == 24 and min(counts) > 0  # each hashed on nginx's own fresh $request_id, not piled on one
+
+
+def test_sessions_spread_over_the_replicas(replicas: list[TokserveProcess], tmp_path: Path) -> None:
+    backends = [backend.url.removeprefix("http://") for backend in replicas]
+    with nginx(tmp_path, backends) as url:
+        counts = answered_by(replicas, url, [{"X-Session-Id": f"user-{index}"} for index in range(24)])
+    assert sum(counts) == 24 and min(counts) > 0
 
 
 def test_config_is_set_up_for_server_sent_events() -> None:
     directives = {line.strip().rstrip(";") for line in CONFIG.read_text().splitlines()}
     assert {"proxy_buffering off", "proxy_cache off", "gzip off", "proxy_http_version 1.1"} <= directives
     assert 'proxy_set_header Connection ""' in directives  # keep-alive to the replicas, not `close`
+    # nginx applies a balancing method only when it comes before `keepalive` in the upstream block.
+    lines = [line.strip() for line in CONFIG.read_text().splitlines()]
+    assert lines.index("hash $session_key consistent;") < lines.index("keepalive 32;")
     timeout = next(line for line in directives if line.startswith("proxy_read_timeout"))
     assert int(timeout.split()[1].removesuffix("s")) >= 3600  # a long generation is not cut mid-stream

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 
 import openai
 import pytest
+import torch
 from fastapi import FastAPI
 
 from tokserve.config import Settings
@@ -20,9 +21,9 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,"]
 
 @pytest.fixture(scope="module")
 def native_url(serve_app: Callable[[FastAPI], AbstractContextManager[str]]) -> Iterator[str]:
-    engine = Engine.load(EngineSettings(weights="native", dtype="bfloat16", max_running=4))
+    engine = Engine.load(EngineSettings(weights="auto", dtype="bfloat16", max_running=4))
     try:
-        assert engine.loaded.weights == "native"
+        assert engine.loaded.weights == "native"  # the default for a GGUF on the CPU in bfloat16
         with serve_app(create_app(Settings(), engine=engine)) as url:
             yield url
     finally:
@@ -46,6 +47,11 @@ def test_native_weights_write_what_the_dequantized_model_writes(client: openai.O
             assert math.isclose(top[actual_tokens[at]], top[expected_tokens[at]], abs_tol=2e-2)
         first = (expected.logprobs.token_logprobs or [])[0], (actual.logprobs.token_logprobs or [])[0]
         assert first[0] is not None and first[1] is not None and abs(first[0] - first[1]) < 2e-2
+
+
+def test_the_default_dequantizes_in_float32(engine: Engine) -> None:
+    """The session's engine: the embedded GGUF at --dtype float32, where the int4 kernel is slower than dense."""
+    assert engine.loaded.model.dtype == torch.float32 and engine.loaded.weights == "dequantized"
 
 
 def test_native_weights_need_a_gguf_on_the_cpu() -> None:

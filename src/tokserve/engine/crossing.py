@@ -106,7 +106,7 @@ class EngineSettings:
     device: str = "auto"
     dtype: str = "auto"
     quantization: str | None = None
-    weights: str = "dequantized"
+    weights: str = "auto"
     device_map: str | None = None
     threads: int | None = None
     max_model_len: int | None = None

@@ -131,13 +131,19 @@ class StepLayout:
         return layout
 
     def decode_context(self) -> torch.Tensor:
-        """(rows, decode_width): the slots each single-token row attends to, padded with slots of block 0."""
+        """(rows, decode_width): the slots each single-token row attends to, padded with its own first slot.
+
+        Padding must name a written slot: the cache is `torch.empty`, and a masked slot's weight of 0 times a NaN
+        left in memory is still NaN."""
         if self._decode_context is None:
-            assert self.decode_tables is not None
+            assert self.decode_tables is not None and self.decode_lengths is not None
             size = self.cache.block_size
             offsets = torch.arange(size, device=self.decode_tables.device)
             slots = (self.decode_tables[:, :, None] * size + offsets).reshape(self.decode_tables.shape[0], -1)
-            self._decode_context = slots[:, : self.decode_width]
+            slots = slots[:, : self.decode_width]
+            columns = torch.arange(self.decode_width, device=slots.device)
+            written = columns[None, :] < self.decode_lengths[:, None]
+            self._decode_context = torch.where(written, slots, slots[:, :1])
         return self._decode_context
 
     def by_head(self, name: str, slots: torch.Tensor, heads: int, per_head: int) -> torch.Tensor:

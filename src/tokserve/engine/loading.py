@@ -41,7 +41,7 @@ class LoadedModel:
     device: torch.device
     max_model_len: int
     eos_ids: frozenset[int]
-    weights: str = "dequantized"  # native: the GGUF's 4-bit linears computed as they are (gguf_native.py)
+    weights: str = "dequantized"  # or native: the GGUF's 4-bit linears computed as they are (gguf_native.py)
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -129,19 +129,23 @@ def load_model(
     dtype: str = "auto",
     quantization: str | None = None,
     device_map: str | None = None,
-    weights: str = "dequantized",
+    weights: str = "auto",
 ) -> LoadedModel:
     """Load tokenizer and model; `source` None means the embedded default.
 
     `quantization` (bnb-4bit, bnb-8bit) needs CUDA and bitsandbytes; `device_map="auto"` spreads the model over
     all visible GPUs (accelerate), and inputs then go to the device of its first weights. `weights="native"` keeps a
-    GGUF file's Q4_0 and Q4_1 linears 4-bit on the CPU (`gguf_native.py`).
+    GGUF file's Q4_0 and Q4_1 linears 4-bit on the CPU (`gguf_native.py`); "auto" does so for a GGUF file on the CPU
+    in bfloat16, and dequantizes otherwise.
     """
     where, gguf_file = _locate(source)
     target = resolve_device(device)
-    if weights == "native" and (gguf_file is None or target.type != "cpu" or quantization or device_map):
+    can_be_native = gguf_file is not None and target.type == "cpu" and not quantization and not device_map
+    if weights == "native" and not can_be_native:
         raise StartupError("--weights native needs a .gguf model on the CPU, without --quantization or --device-map.")
     torch_dtype = _DTYPES.get(dtype) or auto_dtype(target)
+    if weights == "auto":  # native only where it was measured faster: bfloat16 activations (benchmarks/RESULTS.md)
+        weights = "native" if can_be_native and torch_dtype == torch.bfloat16 else "dequantized"
     quantization_config = _quantization_config(quantization, target, torch_dtype)
     logger.info("Loading tokenizer from %s%s", where, f" ({gguf_file})" if gguf_file else "")
     tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file)
