@@ -23,6 +23,8 @@ from tokserve.engine.gguf_native import (
     quantize_in_place,
     read_linears,
 )
+from tokserve.engine.kv_cache import ATTENTION, KVCache, StepLayout
+from tokserve.engine.llama_step import LlamaStep
 from tokserve.engine.loading import LoadedModel, embedded_model_file
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea."]
@@ -124,9 +126,17 @@ def _quantized(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
     return quantized
 
 
-def test_a_model_built_from_the_file_is_the_one_transformers_loads_then_quantized(loaded: LoadedModel) -> None:
-    built = load_llama(embedded_model_file(), torch.bfloat16)
-    assert built is not None
+@pytest.fixture(scope="module")
+def built() -> tuple[PreTrainedModel, list[str]]:
+    """The embedded model as `--weights native` builds it, in bfloat16."""
+    found = load_llama(embedded_model_file(), torch.bfloat16)
+    assert found is not None
+    return found
+
+
+def test_a_model_built_from_the_file_is_the_one_transformers_loads_then_quantized(
+    loaded: LoadedModel, built: tuple[PreTrainedModel, list[str]]
+) -> None:
     model, dequantized = built
     layers = range(model.config.num_hidden_layers)
     norms = [
@@ -154,6 +164,36 @@ def test_a_model_built_from_the_file_is_the_one_transformers_loads_then_quantize
             assert isinstance(actual, QuantizedLinear), name
             assert torch.equal(actual.packed, expected.packed), name
             assert torch.equal(actual.scales_and_zeros, expected.scales_and_zeros), name
+
+
+def test_the_engine_step_without_transformers_modules_computes_the_models_logits(
+    built: tuple[PreTrainedModel, list[str]],
+) -> None:
+    """Two steps on one cache: a 5-token and a 70-token prompt from nothing (75 rows: the dense path), then one row
+    decoding and one continuing its prompt (4 rows: the int4 kernel, q/k/v and gate/up joined)."""
+    model, _ = built
+    model.set_attn_implementation(ATTENTION)  # as loading sets it: the engine's paged attention
+    step = LlamaStep.of(model)
+    assert step is not None
+    cache = KVCache(blocks=16, block_size=16, dtype=torch.bfloat16)
+    tokens = torch.randint(0, model.config.vocab_size, (80,), generator=torch.Generator().manual_seed(0)).tolist()
+    short, long = [1, 2], [3, 4, 5, 6, 7]
+    steps = [
+        [(short, 0, 5, tokens[:5]), (long, 0, 70, tokens[5:75])],
+        [(short, 5, 1, tokens[75:76]), (long, 70, 3, tokens[76:79])],
+    ]
+    with torch.inference_mode():
+        for rows in steps:
+            layout = StepLayout.build(
+                cache, torch.device("cpu"), [(blocks, start, count) for blocks, start, count, _ in rows]
+            )
+            ids = torch.tensor([[token for *_, chunk in rows for token in chunk]])
+            positions = torch.tensor([[p for _, start, count, _ in rows for p in range(start, start + count)]])
+            kept = torch.tensor([4, 74]) if positions.shape[1] == 75 else torch.arange(4)
+            expected = model(
+                input_ids=ids, position_ids=positions, logits_to_keep=kept, use_cache=False, tokserve_step=layout
+            ).logits[0]
+            assert torch.equal(step(ids, positions, kept, layout), expected)
 
 
 def test_only_llama_files_are_built_from_the_file(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ product. CPU only; other block types (Q8_0, the K-quants) stay as transformers l
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +100,34 @@ class QuantizedLinear(nn.Module):
         zeros = torch.zeros_like(d) if blocks.m is None else blocks.m.float().T + 8 * d  # d·q + m = d·(q - 8) + z
         self.scales_and_zeros = torch.stack((d, zeros), dim=-1).to(torch.bfloat16).contiguous()
         self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def joined(cls, parts: Sequence["QuantizedLinear"]) -> "QuantizedLinear | None":
+        """One linear whose output is the `parts`' outputs side by side (q, k and v; gate and up), or None where they
+        differ in inputs, kind or bias. The kernel packs rows by 64, so the parts' 4-bit weights become views of the
+        joined ones (shared memory); only the kernel's scales are copied (an eighth of a byte a weight)."""
+        first = parts[0]
+        if any(
+            (part.in_features, part.offset, part.bias is None) != (first.in_features, first.offset, True)
+            or part.out_features % _KERNEL_BLOCK_ROWS
+            for part in parts
+        ):
+            return None
+        joined = cls.__new__(cls)
+        nn.Module.__init__(joined)
+        joined.out_features, joined.in_features = sum(part.out_features for part in parts), first.in_features
+        joined.kernel_rows, joined.offset, joined.bias = first.kernel_rows, first.offset, None
+        joined.packed = torch.cat([part.packed for part in parts])
+        joined.d = torch.cat([part.d for part in parts])
+        joined.m = None if first.m is None else torch.cat([part.m for part in parts if part.m is not None])
+        joined.scales_and_zeros = torch.cat([part.scales_and_zeros for part in parts], dim=1)
+        start = 0
+        for part in parts:  # the same values, now stored once
+            rows = slice(start, start + part.out_features)
+            part.packed, part.d = joined.packed[rows], joined.d[rows]
+            part.m = None if joined.m is None else joined.m[rows]
+            start = rows.stop
+        return joined
 
     def weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """W, (out, in), dequantized in float32 and then rounded to `dtype`."""

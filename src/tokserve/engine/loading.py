@@ -24,6 +24,7 @@ from transformers import (
 
 from tokserve.engine.gguf_native import load_llama, quantize_in_place
 from tokserve.engine.kv_cache import ATTENTION
+from tokserve.engine.llama_step import LlamaStep
 from tokserve.errors import StartupError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class LoadedModel:
     max_model_len: int
     eos_ids: frozenset[int]
     weights: str = "dequantized"  # or native: the GGUF's 4-bit linears computed as they are (gguf_native.py)
+    step: LlamaStep | None = None  # the engine's steps without transformers' modules, for native Llama files
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -184,6 +186,7 @@ def load_model(
         max_model_len=int(model.config.max_position_embeddings),
         eos_ids=_eos_ids(model, tokenizer),
         weights=weights,
+        step=LlamaStep.of(model) if native is not None else None,
     )
 
 

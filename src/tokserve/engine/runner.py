@@ -71,10 +71,15 @@ class Runner:
         layout = StepLayout.build(
             self._cache, device, [(chunk.sequence.blocks, chunk.start, chunk.end - chunk.start) for chunk in chunks]
         )
+        input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+        position_ids = torch.tensor([positions], dtype=torch.long, device=device)
+        logits_to_keep = torch.tensor(kept, dtype=torch.long, device=device)
+        if self._loaded.step is not None:
+            return StepLogits(self._loaded.step(input_ids, position_ids, logits_to_keep, layout), rows)
         logits = self._loaded.model(
-            input_ids=torch.tensor([ids], dtype=torch.long, device=device),
-            position_ids=torch.tensor([positions], dtype=torch.long, device=device),
-            logits_to_keep=torch.tensor(kept, dtype=torch.long, device=device),
+            input_ids=input_ids,
+            position_ids=position_ids,
+            logits_to_keep=logits_to_keep,
             use_cache=False,
             **{STEP_KEYWORD: layout},
         ).logits
