@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaForCausalLM, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaForCausalLM
 
 from tokserve.engine.gguf_native import QuantizedLinear
 from tokserve.engine.kv_cache import STEP_KEYWORD, StepLayout, paged_attention
@@ -28,9 +28,11 @@ class _Layer:
         self.attention = attention
         self.input_norm, self.post_attention_norm = layer.input_layernorm, layer.post_attention_layernorm
         self.qkv, self.o_proj = qkv, attention.o_proj
-        self.splits = (attention.q_proj.out_features, attention.k_proj.out_features, attention.v_proj.out_features)
-        self.gate_up, self.down_proj, self.act = gate_up, mlp.down_proj, mlp.act_fn
         self.head_dim, self.scaling = attention.head_dim, attention.scaling
+        self.heads = attention.q_proj.out_features // self.head_dim
+        # The joined output: queries and keys (rotated together), then values.
+        self.split = (attention.q_proj.out_features + attention.k_proj.out_features, attention.v_proj.out_features)
+        self.gate_up, self.down_proj, self.act = gate_up, mlp.down_proj, mlp.act_fn
 
 
 class LlamaStep:
@@ -77,9 +79,19 @@ class LlamaStep:
     def _attend(
         layer: _Layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: StepLayout
     ) -> torch.Tensor:
-        shape = (*normed.shape[:-1], -1, layer.head_dim)
-        query, key, value = (part.view(shape).transpose(1, 2) for part in layer.qkv(normed).split(layer.splits, dim=-1))
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        shape = (*normed.shape[:-1], -1, layer.head_dim)  # (1, tokens, heads, head dim)
+        queries_and_keys, value = layer.qkv(normed).split(layer.split, dim=-1)
+        # Rotated together: apply_rotary_pos_emb's products and sums, in half the operations.
+        rotated = queries_and_keys.view(shape)
+        rotated = rotated * cos[:, :, None] + _rotate_half(rotated) * sin[:, :, None]
+        query, key = rotated[:, :, : layer.heads].transpose(1, 2), rotated[:, :, layer.heads :].transpose(1, 2)
+        value = value.view(shape).transpose(1, 2)
         step: dict[str, Any] = {STEP_KEYWORD: layout}  # by keyword, as transformers' attention calls pass it
         attended, _ = paged_attention(layer.attention, query, key, value, None, scaling=layer.scaling, **step)
         return layer.o_proj(attended.reshape(*normed.shape[:-1], -1))  # type: ignore[no-any-return]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """transformers' Llama `rotate_half` (untyped there): (x1, x2) -> (-x2, x1) over the last dimension."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
