@@ -197,13 +197,17 @@ def paged_attention(
         context = layout.decode_context()
         rows, width = context.shape
         read = layout.by_head("decode", context, heads, per_head)
+        # Without prompt chunks, every token is a decoding row, in order: no picking out and placing back.
+        queries = query[0] if not layout.segments else query[0].index_select(1, layout.decode_tokens)
         attended = _attend_one_token(
-            query[0].index_select(1, layout.decode_tokens).transpose(0, 1),
+            queries.transpose(0, 1),
             flat_keys.index_select(0, read).view(heads, rows, width, dim),
             flat_values.index_select(0, read).view(heads, rows, width, dim),
             layout.decode_mask(window),
             scaling,
         )
+        if not layout.segments:
+            return attended[None], None
         output.index_copy_(0, layout.decode_tokens, attended)
     for number, segment in enumerate(layout.segments):
         segment_queries = query[:, :, segment.start : segment.end]
