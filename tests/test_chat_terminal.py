@@ -49,11 +49,13 @@ def test_conversation_keeps_turns_and_reset_starts_over(logged_server: tuple[str
     url, received = logged_server
     child = spawn(url, "--temperature", "0", "--max-tokens", "16", "--system", SYSTEM["content"], "--api-key", "k")
     first = say(child, QUESTION)
+    session = received[-1][0]["x-session-id"]  # one per conversation: replicas behind nginx or a gateway keep its cache
     assert first == whole_reply(url, [SYSTEM, {"role": "user", "content": QUESTION}], 16)
 
     say(child, "And of Germany?")
     headers, body = received[-1]
     assert headers["authorization"] == "Bearer k"
+    assert headers["x-session-id"] == session
     assert body["messages"] == [
         SYSTEM,
         {"role": "user", "content": QUESTION},
@@ -65,6 +67,7 @@ def test_conversation_keeps_turns_and_reset_starts_over(logged_server: tuple[str
     assert say(child, "/reset") == "(new conversation)"
     say(child, "Capital of Italy?")
     assert received[-1][1]["messages"] == [SYSTEM, {"role": "user", "content": "Capital of Italy?"}]
+    assert received[-1][0]["x-session-id"] not in ("", session)
     child.sendline("/exit")
     child.expect(pexpect.EOF)
     child.wait()

@@ -3,6 +3,7 @@ streams. A thin client of the HTTP API: no torch and nothing of the server is im
 
 import signal
 import sys
+import uuid
 from typing import TextIO
 
 import openai
@@ -25,9 +26,13 @@ class Conversation:
         self._temperature = openai.omit if temperature is None else temperature
         self._max_tokens = openai.omit if max_tokens is None else max_tokens
         self.turns: list[ChatCompletionMessageParam] = []
+        # Sent as X-Session-Id: behind nginx's `scale` profile or an inference gateway, every turn goes to the
+        # replica whose cache holds the conversation so far.
+        self.session_id = uuid.uuid4().hex
 
     def reset(self) -> None:
         self.turns = []
+        self.session_id = uuid.uuid4().hex
 
     def reply(self, text: str, out: TextIO) -> None:
         """Send `text` as the next user turn and write the reply to `out` as it streams; keep both turns.
@@ -42,6 +47,7 @@ class Conversation:
             temperature=self._temperature,
             max_tokens=self._max_tokens,
             stream=True,
+            extra_headers={"X-Session-Id": self.session_id},
         )
         shown: list[str] = []
         try:

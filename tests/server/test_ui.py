@@ -89,6 +89,8 @@ def test_reply_streams_and_both_turns_reach_the_server(
     ask(browser, "Now one about the sky.")
     headers, body = received[-1]
     assert headers["authorization"] == "Bearer sk-test"
+    session = headers["x-session-id"]  # one per conversation: replicas behind nginx or a gateway keep its cache
+    assert re.fullmatch(r"[0-9a-f]{32}", session) and received[-2][0]["x-session-id"] == session
     system = {"role": "system", "content": "You are a helpful poet. Write short lines."}
     assert body["messages"] == [
         system,

@@ -5,10 +5,16 @@
 const $ = (id) => document.getElementById(id);
 let turns = []; // this conversation's user and assistant messages; the system prompt is added per request
 let inFlight = null; // the AbortController of the reply being streamed
+// Sent as X-Session-Id: behind nginx's `scale` profile or an inference gateway, every turn of a conversation goes
+// to the replica whose cache holds it. getRandomValues, since crypto.randomUUID needs https or localhost.
+const newSession = () =>
+  Array.from(crypto.getRandomValues(new Uint8Array(16)), (byte) => byte.toString(16).padStart(2, "0")).join("");
+let session = newSession();
 
 function headers() {
   const key = $("api-key").value.trim(); // sent only when filled in: a server without keys needs none
-  return { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) };
+  const auth = key ? { Authorization: `Bearer ${key}` } : {};
+  return { "Content-Type": "application/json", "X-Session-Id": session, ...auth };
 }
 
 function addMessage(role, text) {
@@ -156,6 +162,7 @@ $("stop").addEventListener("click", () => inFlight?.abort());
 $("new-chat").addEventListener("click", () => {
   inFlight?.abort();
   turns = [];
+  session = newSession();
   $("transcript").replaceChildren();
   $("message").focus();
 });
