@@ -48,7 +48,9 @@ def test_cors_preflight_for_an_allowed_origin_only(serve_with: Callable[..., Abs
         allowed = http.options("/v1/chat/completions", headers=_preflight("https://chat.example"))
         assert allowed.status_code == 200  # a preflight carries no key, and needs none
         assert allowed.headers["access-control-allow-origin"] == "https://chat.example"
-        assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+        assert {"authorization", "x-session-id"} <= set(
+            allowed.headers["access-control-allow-headers"].lower().split(", ")
+        )
         assert "POST" in allowed.headers["access-control-allow-methods"]
         refused = http.options("/v1/chat/completions", headers=_preflight("https://elsewhere.example"))
         assert refused.status_code == 400 and "access-control-allow-origin" not in refused.headers
@@ -61,5 +63,5 @@ def _preflight(origin: str) -> dict[str, str]:
     return {
         "Origin": origin,
         "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type",
+        "Access-Control-Request-Headers": "authorization, content-type, x-session-id",
     }

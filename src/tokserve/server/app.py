@@ -78,7 +78,8 @@ def _add_middleware(app: FastAPI, state: ServerState) -> None:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", HEADER],
+            # X-Session-Id: read by nginx's `scale` profile and an inference gateway's picker, not by tokserve
+            allow_headers=["Authorization", "Content-Type", HEADER, "X-Session-Id"],
             expose_headers=[HEADER],
         )
 
