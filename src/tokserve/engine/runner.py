@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SHORTEST_CONTEXT = 256
+_FEW_ROWS = 2  # a CPU step of at most this many tokens in bfloat16 runs without oneDNN (see Runner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +46,24 @@ class Runner:
         self._loaded = loaded
         self._cache = cache
         self._graphs = graphs
+        # On a CPU in bfloat16, oneDNN's products of one or two rows (the lm_head, attention, dense linears of a
+        # decoding step) are slower than ATen's own, and those of more rows faster: a prompt chunk's several times.
+        # Measured on the embedded model, 2 cores with AVX512-BF16, ms a step with oneDNN and without: native 1 row
+        # 22.2 / 16.3, 2 rows 23.6 / 22.1, 4 rows 26.8 / 31.3, 8 rows 35.1 / 51.1; dequantized 1 row 57.4 / 25.4,
+        # 8 rows 60.0 / 93.7; 601 prompt tokens 1.0 s with it, 3.8 s without. So only such steps go without it.
+        self._few_rows_without_onednn = loaded.device.type == "cpu" and loaded.model.dtype == torch.bfloat16
 
     def forward(self, chunks: Sequence[Chunk]) -> StepLogits:
+        if self._few_rows_without_onednn and sum(chunk.end - chunk.start for chunk in chunks) <= _FEW_ROWS:
+            # A process-wide flag (only this thread computes); _fp32_precision=None leaves that setting alone.
+            enabled = torch.backends.mkldnn.set_flags(False, _fp32_precision=None)[0]  # type: ignore[no-untyped-call]
+            try:
+                return self._forward(chunks)
+            finally:
+                torch.backends.mkldnn.set_flags(enabled, _fp32_precision=None)  # type: ignore[no-untyped-call]
+        return self._forward(chunks)
+
+    def _forward(self, chunks: Sequence[Chunk]) -> StepLogits:
         if self._graphs is not None and self._graphs.fits(chunks):
             logits = self._graphs.run(chunks)
             if logits is not None:
