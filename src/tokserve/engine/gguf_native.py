@@ -107,7 +107,7 @@ class QuantizedLinear(nn.Module):
     def joined(cls, parts: Sequence["QuantizedLinear"]) -> "QuantizedLinear | None":
         """One linear whose output is the `parts`' outputs side by side (q, k and v; gate and up), or None where they
         differ in inputs, kind or bias. The kernel packs rows by 64, so the parts' 4-bit weights become views of the
-        joined ones (shared memory); only the kernel's scales are copied (an eighth of a byte a weight)."""
+        joined ones (shared memory); only the kernel's scales are kept twice (an eighth of a byte a weight)."""
         first = parts[0]
         if any(
             (part.in_features, part.offset, part.bias is None) != (first.in_features, first.offset, True)
@@ -115,14 +115,12 @@ class QuantizedLinear(nn.Module):
             for part in parts
         ):
             return None
-        joined = cls.__new__(cls)
-        nn.Module.__init__(joined)
-        joined.out_features, joined.in_features = sum(part.out_features for part in parts), first.in_features
-        joined.kernel_rows, joined.offset, joined.bias = first.kernel_rows, first.offset, None
-        joined.packed = torch.cat([part.packed for part in parts])
-        joined.d = torch.cat([part.d for part in parts])
-        joined.m = None if first.m is None else torch.cat([part.m for part in parts if part.m is not None])
-        joined.scales_and_zeros = torch.cat([part.scales_and_zeros for part in parts], dim=1)
+        blocks = Q4Blocks(
+            torch.cat([_unpack(part.packed, part.in_features) for part in parts]),
+            torch.cat([part.d for part in parts]),
+            None if first.m is None else torch.cat([part.m for part in parts if part.m is not None]),
+        )
+        joined = cls(blocks, kernel_rows=first.kernel_rows)
         start = 0
         for part in parts:  # the same values, now stored once
             rows = slice(start, start + part.out_features)

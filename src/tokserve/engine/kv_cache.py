@@ -192,14 +192,14 @@ def paged_attention(
     flat_keys.index_copy_(0, written, key[0].reshape(-1, dim).to(keys.dtype))
     flat_values.index_copy_(0, written, value[0].reshape(-1, dim).to(values.dtype))
     window = getattr(module, "sliding_window", None)
-    output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # tokens, heads, dim
-    if layout.decode_tokens is not None:
+    decode_tokens, decoded = layout.decode_tokens, None
+    if decode_tokens is not None:
         context = layout.decode_context()
         rows, width = context.shape
         read = layout.by_head("decode", context, heads, per_head)
         # Without prompt chunks, every token is a decoding row, in order: no picking out and placing back.
-        queries = query[0] if not layout.segments else query[0].index_select(1, layout.decode_tokens)
-        attended = _attend_one_token(
+        queries = query[0] if not layout.segments else query[0].index_select(1, decode_tokens)
+        decoded = _attend_one_token(
             queries.transpose(0, 1),
             flat_keys.index_select(0, read).view(heads, rows, width, dim),
             flat_values.index_select(0, read).view(heads, rows, width, dim),
@@ -207,8 +207,10 @@ def paged_attention(
             scaling,
         )
         if not layout.segments:
-            return attended[None], None
-        output.index_copy_(0, layout.decode_tokens, attended)
+            return decoded[None], None
+    output = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # tokens, heads, dim
+    if decode_tokens is not None and decoded is not None:
+        output.index_copy_(0, decode_tokens, decoded)
     for number, segment in enumerate(layout.segments):
         segment_queries = query[:, :, segment.start : segment.end]
         if segment.context is None and window is None:

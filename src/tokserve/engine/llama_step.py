@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaForCausalLM, rotate_half
 
 from tokserve.engine.gguf_native import QuantizedLinear
 from tokserve.engine.kv_cache import STEP_KEYWORD, StepLayout, paged_attention
@@ -66,8 +66,9 @@ class LlamaStep:
         decoder = self._model.model
         hidden = decoder.embed_tokens(input_ids)
         cos, sin = decoder.rotary_emb(hidden, position_ids=position_ids)
+        step: dict[str, Any] = {STEP_KEYWORD: layout}  # by keyword, as transformers' attention calls pass it
         for layer in self._layers:
-            hidden = hidden + self._attend(layer, layer.input_norm(hidden), cos, sin, layout)
+            hidden = hidden + self._attend(layer, layer.input_norm(hidden), cos, sin, step)
             gate, up = layer.gate_up(layer.post_attention_norm(hidden)).chunk(2, dim=-1)
             hidden = hidden + layer.down_proj(layer.act(gate) * up)
         # Normed before the kept positions are picked, as transformers does: torch's row means are not bit for bit
@@ -77,21 +78,14 @@ class LlamaStep:
 
     @staticmethod
     def _attend(
-        layer: _Layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: StepLayout
+        layer: _Layer, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: dict[str, Any]
     ) -> torch.Tensor:
         shape = (*normed.shape[:-1], -1, layer.head_dim)  # (1, tokens, heads, head dim)
         queries_and_keys, value = layer.qkv(normed).split(layer.split, dim=-1)
         # Rotated together: apply_rotary_pos_emb's products and sums, in half the operations.
         rotated = queries_and_keys.view(shape)
-        rotated = rotated * cos[:, :, None] + _rotate_half(rotated) * sin[:, :, None]
+        rotated = rotated * cos[:, :, None] + rotate_half(rotated) * sin[:, :, None]  # type: ignore[no-untyped-call]
         query, key = rotated[:, :, : layer.heads].transpose(1, 2), rotated[:, :, layer.heads :].transpose(1, 2)
         value = value.view(shape).transpose(1, 2)
-        step: dict[str, Any] = {STEP_KEYWORD: layout}  # by keyword, as transformers' attention calls pass it
         attended, _ = paged_attention(layer.attention, query, key, value, None, scaling=layer.scaling, **step)
         return layer.o_proj(attended.reshape(*normed.shape[:-1], -1))  # type: ignore[no-any-return]
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """transformers' Llama `rotate_half` (untyped there): (x1, x2) -> (-x2, x1) over the last dimension."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
