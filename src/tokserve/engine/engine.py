@@ -5,6 +5,8 @@ own).
 """
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +96,7 @@ class Engine:
         # cores) while the caller's thread kept the pool it loaded with.
         with ThreadPoolExecutor(1, thread_name_prefix="tokserve-load") as loader:
             engine = loader.submit(cls._build, settings).result()
+        _return_freed_memory()
         logger.info("Warming up")
         asyncio.run(engine._warm_up())
         return engine
@@ -204,3 +207,16 @@ class Engine:
         async for event in self.submit(request).events():
             if event.error is not None:
                 raise GenerationFailed(f"Warm-up generation failed: {event.error.message}")
+
+
+def _return_freed_memory() -> None:
+    """Hand the pages loading freed back to the system (glibc's `malloc_trim`; elsewhere nothing).
+
+    Loading frees much of what it allocates (file buffers, float32 or unpacked copies) in between what it keeps, and
+    glibc gives back only the free memory at the top of a heap: the embedded model with native weights stayed at
+    700-730 MB resident after loading, 590 MB once trimmed."""
+    name = ctypes.util.find_library("c")
+    library = ctypes.CDLL(name) if name else None
+    trim = getattr(library, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
