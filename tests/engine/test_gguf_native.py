@@ -2,6 +2,7 @@
 the model transformers dequantizes), QuantizedLinear against a dense product, and greedy text through whole models."""
 
 import copy
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,6 +155,8 @@ def test_a_model_built_from_the_file_is_the_one_transformers_loads_then_quantize
         key: expected_config[key] for key in expected_config.keys() - unlike
     }
     assert not model.training and model.dtype == torch.bfloat16
+    # Its 4-bit weights count as the dense model's do (the prompt pacing weighs attention against them).
+    assert dataclasses.replace(loaded, model=model).parameters == loaded.model.num_parameters()
     for (name, actual), (_, expected) in zip(model.named_parameters(), reference.named_parameters(), strict=True):
         assert actual.dtype == expected.dtype and torch.equal(actual, expected), name
     # The rotary table stays float32, as transformers makes it for a bfloat16 model (a cast model rounds it).

@@ -67,7 +67,7 @@ class Engine:
         query_width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
         pacer = Pacer(
             settings.prefill_tokens,
-            attention_scale(loaded.model.num_parameters(), config.num_hidden_layers, query_width),
+            attention_scale(loaded.parameters, config.num_hidden_layers, query_width),
         )
         fault = FaultHook(settings.fault_marker, loaded.tokenizer.backend_tokenizer) if settings.fault_marker else None
         # The logits' width: a model may have more rows than its tokenizer has tokens.

@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tokserve.engine.gguf_native import load_llama, quantize_in_place
+from tokserve.engine.gguf_native import QuantizedLinear, load_llama, quantize_in_place
 from tokserve.engine.kv_cache import ATTENTION
 from tokserve.engine.llama_step import LlamaStep
 from tokserve.errors import StartupError
@@ -44,6 +44,17 @@ class LoadedModel:
     eos_ids: frozenset[int]
     weights: str = "dequantized"  # or native: the GGUF's 4-bit linears computed as they are (gguf_native.py)
     step: LlamaStep | None = None  # the engine's steps without transformers' modules, for native Llama files
+
+    @property
+    def parameters(self) -> int:
+        """The model's weights, its 4-bit linears' included: torch does not count those, which are not parameters.
+        (Counted without them, native weights made the prompt pacing think attention relatively dear: a 1,931-token
+        prompt was read in 9 chunks instead of 5, 1.3-1.7x the time.)"""
+        return self.model.num_parameters() + sum(
+            module.in_features * module.out_features
+            for module in self.model.modules()
+            if isinstance(module, QuantizedLinear)
+        )
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -46,7 +46,7 @@ class Runner:
         self._loaded = loaded
         self._cache = cache
         self._graphs = graphs
-        # On a CPU in bfloat16, oneDNN's products of one or two rows (the lm_head, attention, dense linears of a
+        # On a CPU in bfloat16, oneDNN's products of one or two rows (the lm_head, the dense linears of a
         # decoding step) are slower than ATen's own, and those of more rows faster: a prompt chunk's several times.
         # Measured on the embedded model, 2 cores with AVX512-BF16, ms a step with oneDNN and without: native 1 row
         # 22.2 / 16.3, 2 rows 23.6 / 22.1, 4 rows 26.8 / 31.3, 8 rows 35.1 / 51.1; dequantized 1 row 57.4 / 25.4,
