@@ -1,7 +1,8 @@
 """`--weights native` against dequantized weights on the embedded model, through the engine (no HTTP): load time,
-resident memory after load and at peak, one stream's and 8 streams' decode rate, and the time to the first token of
-a prompt of about 600 and of about 1,900 tokens (alone, nothing cached). Each variant runs in its own process
-(memory is per process); the variants take turns round by round, so a noisy neighbour hits them alike.
+resident memory after load and at peak, one stream's and 8 streams' decode rate, the time to the first token of a
+prompt of about 600 and of about 1,900 tokens (alone, nothing cached), and one stream's rate after the longer one.
+Each variant runs in its own process (memory is per process); the variants take turns round by round, so a noisy
+neighbour hits them alike.
 
     HF_HUB_OFFLINE=1 PYTHONPATH=src python benchmarks/bench_native_weights.py --rounds 3 --out native.json
 """
@@ -52,22 +53,24 @@ def measure(weights: str, dtype: str, tokens: int) -> dict[str, float]:
         counted = await asyncio.gather(*(drain(stream) for stream in engine.submit_all(requests)))
         return sum(counted) / (time.perf_counter() - begun)
 
-    async def first_token(prompt: tuple[int, ...]) -> float:
+    async def alone(prompt: tuple[int, ...], count: int) -> tuple[float, float]:
+        """One request by itself: seconds to its first token, and tokens a second after it."""
         begun = time.perf_counter()
-        stream = engine.submit(GenerationRequest(f"p{prompt[0]}", prompt, 1, SamplingParams(temperature=0.0)))
-        [event async for event in stream.events()]
-        return time.perf_counter() - begun
+        request = GenerationRequest(f"p{prompt[0]}", prompt, count, SamplingParams(temperature=0.0), ignore_eos=True)
+        times = [time.perf_counter() async for _ in engine.submit(request).events()]
+        return times[0] - begun, (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
     asyncio.run(streams(1))  # warm-up
     one = statistics.median(asyncio.run(streams(1)) for _ in range(3))
     eight = asyncio.run(streams(8))
     peak = _memory()["peak"]  # before the long prompts, whose activations are another matter
     sentence = "The history of the sea is long and full of stories about sailors, storms and distant islands. "
-    first_tokens = {}
-    for name, repeats in (("ttft_600_s", 30), ("ttft_1900_s", 100)):
+    long_prompts = {}
+    for repeats, count in ((30, 1), (100, tokens)):
         long_prompt = tuple(engine.encode_chat([{"role": "user", "content": sentence * repeats}]))
         # A different first token each time: no prefix of one is cached for the next.
-        first_tokens[name] = statistics.median(asyncio.run(first_token((repeats + i, *long_prompt))) for i in range(3))
+        runs = [asyncio.run(alone((repeats + i, *long_prompt), count)) for i in range(3)]
+        long_prompts[repeats] = [statistics.median(values) for values in zip(*runs, strict=True)]
     engine.close()
     return {
         "load_s": load,
@@ -75,7 +78,9 @@ def measure(weights: str, dtype: str, tokens: int) -> dict[str, float]:
         "peak_mb": peak,
         "one_tok_s": one,
         "eight_tok_s": eight,
-        **first_tokens,
+        "ttft_600_s": long_prompts[30][0],
+        "ttft_1900_s": long_prompts[100][0],
+        "after_1900_tok_s": long_prompts[100][1],  # one stream decoding over a long context
     }
 
 
@@ -98,14 +103,15 @@ def main() -> None:
     base, bf16 = (statistics.median(r["one_tok_s"] for r in results[name]) for name in list(VARIANTS)[:2])
     print(
         f"{'variant':22} {'load s':>7} {'RSS MB':>7} {'peak MB':>8} {'1 stream':>9} {'vs fp32':>8} {'vs bf16':>8} "
-        f"{'8 streams':>10} {'TTFT 600':>9} {'TTFT 1900':>10}"
+        f"{'8 streams':>10} {'TTFT 600':>9} {'TTFT 1900':>10} {'then tok/s':>11}"
     )
     for name, runs in results.items():
         median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         print(
             f"{name:22} {median['load_s']:7.1f} {median['rss_mb']:7.0f} {median['peak_mb']:8.0f} "
             f"{median['one_tok_s']:9.1f} {median['one_tok_s'] / base:7.2f}x {median['one_tok_s'] / bf16:7.2f}x "
-            f"{median['eight_tok_s']:10.1f} {median['ttft_600_s']:8.2f}s {median['ttft_1900_s']:9.2f}s"
+            f"{median['eight_tok_s']:10.1f} {median['ttft_600_s']:8.2f}s {median['ttft_1900_s']:9.2f}s "
+            f"{median['after_1900_tok_s']:11.1f}"
         )
     if args.out:
         with open(args.out, "w") as file:
