@@ -16,7 +16,7 @@ class _Layer(torch.nn.Module):
 
 
 # Two rows multiply in float32 whatever the dtype, three in the model's dtype (kv_cache._FLOAT32_ROWS).
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("count", [2, 3])
 def test_decode_rows_of_different_lengths_ignore_what_the_cache_never_wrote(dtype: torch.dtype, count: int) -> None:
     """Rows 3, 20 (and 9) tokens long decode together: a shorter row's padded context covers slots nobody wrote."""
