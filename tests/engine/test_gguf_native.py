@@ -99,7 +99,7 @@ def _inputs(columns: int) -> Iterator[torch.Tensor]:
 @pytest.mark.parametrize("name", ["model.layers.0.self_attn.q_proj", "model.layers.3.mlp.down_proj"])
 def test_quantized_linear_matches_a_dense_product(name: str, linears: dict[str, Q4Blocks]) -> None:
     blocks = linears[name]
-    layer, weight = QuantizedLinear(blocks), blocks.dequantize()
+    layer, weight = QuantizedLinear.of(blocks), blocks.dequantize()
     assert torch.equal(layer.weight(), weight)
     with torch.inference_mode():
         for x in _inputs(layer.in_features):
@@ -113,7 +113,7 @@ def test_quantized_linear_matches_a_dense_product(name: str, linears: dict[str, 
 def test_quantized_linear_of_q4_0_blocks_with_a_bias() -> None:
     _, blocks = _q4_0_blocks(128, 96)
     bias = torch.randn(128)
-    layer, weight = QuantizedLinear(blocks, bias), blocks.dequantize()
+    layer, weight = QuantizedLinear.of(blocks, bias), blocks.dequantize()
     with torch.inference_mode():
         for x in _inputs(96):
             assert _relative(layer(x), F.linear(x, weight, bias)) < 1e-5

@@ -90,24 +90,45 @@ class QuantizedLinear(nn.Module):
     which is faster for a prompt chunk and exact in float32.
     """
 
-    def __init__(self, blocks: Q4Blocks, bias: torch.Tensor | None = None, kernel_rows: int = KERNEL_ROWS) -> None:
+    def __init__(
+        self,
+        packed: torch.Tensor,
+        d: torch.Tensor,
+        m: torch.Tensor | None,
+        scales_and_zeros: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        kernel_rows: int = KERNEL_ROWS,
+    ) -> None:
+        """From the kernel's packed weights (out, in / 2), the blocks' float16 `d` and `m` (for exact
+        dequantization) and the kernel's bfloat16 scales and zeros (in / 32, out, 2); `of` makes them from blocks."""
         super().__init__()
-        self.out_features, self.in_features = blocks.q.shape
+        self.out_features, self.in_features = packed.shape[0], 2 * packed.shape[1]
         self.kernel_rows = kernel_rows
         # Plain attributes, not buffers: Module.to(dtype) would round the float16 scales and the kernel's bfloat16
         # ones along with the model's floating point weights. This module stays on the CPU in these dtypes.
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(blocks.q.to(torch.int32), 2)
-        self.d, self.m, self.offset = blocks.d, blocks.m, blocks.offset
+        self.packed, self.d, self.m, self.offset = packed, d, m, 8 if m is None else 0
+        self.scales_and_zeros = scales_and_zeros
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @classmethod
+    def of(cls, blocks: Q4Blocks, bias: torch.Tensor | None = None) -> "QuantizedLinear":
+        """The linear of these blocks, packed for the kernel."""
         d = blocks.d.float().T
         zeros = torch.zeros_like(d) if blocks.m is None else blocks.m.float().T + 8 * d  # d·q + m = d·(q - 8) + z
-        self.scales_and_zeros = torch.stack((d, zeros), dim=-1).to(torch.bfloat16).contiguous()
-        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+        return cls(
+            torch.ops.aten._convert_weight_to_int4pack_for_cpu(blocks.q.to(torch.int32), 2),
+            blocks.d,
+            blocks.m,
+            torch.stack((d, zeros), dim=-1).to(torch.bfloat16).contiguous(),
+            bias,
+        )
 
     @classmethod
     def joined(cls, parts: Sequence["QuantizedLinear"]) -> "QuantizedLinear | None":
         """One linear whose output is the `parts`' outputs side by side (q, k and v; gate and up), or None where they
-        differ in inputs, kind or bias. The kernel packs rows by 64, so the parts' 4-bit weights become views of the
-        joined ones (shared memory); only the kernel's scales are kept twice (an eighth of a byte a weight)."""
+        differ in inputs, kind or bias. The kernel packs rows by 64, so the joined weights are the parts' concatenated
+        and the parts' become views of them (shared memory); only the kernel's scales are kept twice (an eighth of a
+        byte a weight)."""
         first = parts[0]
         if any(
             (part.in_features, part.offset, part.bias is None) != (first.in_features, first.offset, True)
@@ -115,12 +136,13 @@ class QuantizedLinear(nn.Module):
             for part in parts
         ):
             return None
-        blocks = Q4Blocks(
-            torch.cat([_unpack(part.packed, part.in_features) for part in parts]),
+        joined = cls(
+            torch.cat([part.packed for part in parts]),
             torch.cat([part.d for part in parts]),
             None if first.m is None else torch.cat([part.m for part in parts if part.m is not None]),
+            torch.cat([part.scales_and_zeros for part in parts], dim=1),
+            kernel_rows=first.kernel_rows,
         )
-        joined = cls(blocks, kernel_rows=first.kernel_rows)
         start = 0
         for part in parts:  # the same values, now stored once
             rows = slice(start, start + part.out_features)
@@ -178,7 +200,7 @@ def load_llama(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, list[st
             blocks = blocks if rows is None else blocks.rows(rows)
             if blocks.q.shape[0] % _KERNEL_BLOCK_ROWS == 0:
                 parent, _, child = module_name.rpartition(".")
-                setattr(model.get_submodule(parent), child, QuantizedLinear(blocks))
+                setattr(model.get_submodule(parent), child, QuantizedLinear.of(blocks))
                 continue
             values = blocks.dequantize()
         else:
@@ -229,7 +251,7 @@ def quantize_in_place(model: nn.Module, path: str | Path) -> list[str]:
                 f"{name} is {tuple(linear.weight.shape)} in the model and {tuple(blocks.q.shape)} in {path}"
             )
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, QuantizedLinear(blocks, linear.bias))
+        setattr(model.get_submodule(parent), child, QuantizedLinear.of(blocks, linear.bias))
         replaced.add(name)
     return [name for name, module in modules.items() if isinstance(module, nn.Linear) and name not in replaced]
 
