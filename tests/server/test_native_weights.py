@@ -20,14 +20,19 @@ PROMPTS = ["The capital of France is", "Once upon a time, in a small village,"]
 
 
 @pytest.fixture(scope="module")
-def native_url(serve_app: Callable[[FastAPI], AbstractContextManager[str]]) -> Iterator[str]:
+def native_engine() -> Iterator[Engine]:
     engine = Engine.load(EngineSettings(weights="auto", dtype="bfloat16", max_running=4))
     try:
         assert engine.loaded.weights == "native"  # the default for a GGUF on the CPU in bfloat16
-        with serve_app(create_app(Settings(), engine=engine)) as url:
-            yield url
+        yield engine
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def native_url(native_engine: Engine, serve_app: Callable[[FastAPI], AbstractContextManager[str]]) -> Iterator[str]:
+    with serve_app(create_app(Settings(), engine=native_engine)) as url:
+        yield url
 
 
 def test_native_weights_write_what_the_dequantized_model_writes(client: openai.OpenAI, native_url: str) -> None:
@@ -52,6 +57,12 @@ def test_native_weights_write_what_the_dequantized_model_writes(client: openai.O
 def test_the_default_dequantizes_in_float32(engine: Engine) -> None:
     """The session's engine: the embedded GGUF at --dtype float32, where the int4 kernel is slower than dense."""
     assert engine.loaded.model.dtype == torch.float32 and engine.loaded.weights == "dequantized"
+
+
+def test_native_weights_read_prompts_in_larger_steps(engine: Engine, native_engine: Engine) -> None:
+    """Each step that reads a prompt chunk dequantizes the 4-bit weights once: native steps read up to 2048 tokens
+    where dense ones read 512, unless --prefill-tokens says otherwise."""
+    assert (native_engine.prefill_tokens, engine.prefill_tokens) == (2048, 512)
 
 
 def test_native_weights_need_a_gguf_on_the_cpu() -> None:

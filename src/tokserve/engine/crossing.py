@@ -98,8 +98,8 @@ class EngineSettings:
     """Everything the engine is configured with, built once from the server's `Settings` (`of`).
 
     `kv_cache_memory` is in GiB (None: a share of the device's memory); `prefill_tokens` caps the prompt tokens
-    one step reads; `prompt_logprobs_tokens` caps the prompt positions per step whose logits are kept for
-    `prompt_logprobs`.
+    one step reads (None: the loaded model's default); `prompt_logprobs_tokens` caps the prompt positions per step
+    whose logits are kept for `prompt_logprobs`.
     """
 
     model: str | None = None
@@ -113,7 +113,7 @@ class EngineSettings:
     max_queue: int = 64
     max_running: int = 8
     kv_cache_memory: float | None = None
-    prefill_tokens: int = 512
+    prefill_tokens: int | None = None
     prompt_logprobs_tokens: int = 256
     no_prefix_caching: bool = False
     no_cuda_graphs: bool = False

