@@ -1,6 +1,8 @@
 """`--weights native` against dequantized weights on the embedded model, through the engine (no HTTP): load time,
-resident memory after load and at peak, one stream's and 8 streams' decode rate, the time to the first token of a
-prompt of about 600 and of about 1,900 tokens (alone, nothing cached), and one stream's rate after the longer one.
+resident memory after load and at peak (before and after the long prompts), one stream's and 8 streams' decode
+rate, the time to the first token of a prompt of about 600 and of about 1,900 tokens (alone, nothing cached), one
+stream's rate after the longer one, and the time to the first token of a short chat sent 0.3 s after a ~1,900-token
+prompt (which waits for the prompt step under way: the price of larger steps).
 Each variant runs in its own process (memory is per process); the variants take turns round by round, so a noisy
 neighbour hits them alike.
 
@@ -71,6 +73,18 @@ def measure(weights: str, dtype: str, tokens: int) -> dict[str, float]:
         # A different first token each time: no prefix of one is cached for the next.
         runs = [asyncio.run(alone((repeats + i, *long_prompt), count)) for i in range(3)]
         long_prompts[repeats] = [statistics.median(values) for values in zip(*runs, strict=True)]
+    short_prompt = tuple(engine.encode_chat([{"role": "user", "content": "Hi there!"}]))
+
+    async def behind(first: int) -> float:
+        """A short request's time to its first token, sent 0.3 s after a long prompt (alone till then); distinct
+        first tokens keep the requests' ids apart and nothing cached."""
+        ahead = asyncio.ensure_future(alone((first, *long_prompt), 1))  # the loop's last: ~1,900 tokens
+        await asyncio.sleep(0.3)
+        short, _ = await asyncio.gather(alone((first + 100, *short_prompt), 1), ahead)
+        return short[0]
+
+    short_behind = statistics.median(asyncio.run(behind(200 + i)) for i in range(3))
+    peak_after = _memory()["peak"]
     engine.close()
     return {
         "load_s": load,
@@ -81,6 +95,8 @@ def measure(weights: str, dtype: str, tokens: int) -> dict[str, float]:
         "ttft_600_s": long_prompts[30][0],
         "ttft_1900_s": long_prompts[100][0],
         "after_1900_tok_s": long_prompts[100][1],  # one stream decoding over a long context
+        "short_behind_s": short_behind,
+        "peak_after_mb": peak_after,
     }
 
 
@@ -103,7 +119,8 @@ def main() -> None:
     base, bf16 = (statistics.median(r["one_tok_s"] for r in results[name]) for name in list(VARIANTS)[:2])
     print(
         f"{'variant':22} {'load s':>7} {'RSS MB':>7} {'peak MB':>8} {'1 stream':>9} {'vs fp32':>8} {'vs bf16':>8} "
-        f"{'8 streams':>10} {'TTFT 600':>9} {'TTFT 1900':>10} {'then tok/s':>11}"
+        f"{'8 streams':>10} {'TTFT 600':>9} {'TTFT 1900':>10} {'then tok/s':>11} {'short behind':>13} "
+        f"{'peak after':>11}"
     )
     for name, runs in results.items():
         median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -111,7 +128,7 @@ def main() -> None:
             f"{name:22} {median['load_s']:7.1f} {median['rss_mb']:7.0f} {median['peak_mb']:8.0f} "
             f"{median['one_tok_s']:9.1f} {median['one_tok_s'] / base:7.2f}x {median['one_tok_s'] / bf16:7.2f}x "
             f"{median['eight_tok_s']:10.1f} {median['ttft_600_s']:8.2f}s {median['ttft_1900_s']:9.2f}s "
-            f"{median['after_1900_tok_s']:11.1f}"
+            f"{median['after_1900_tok_s']:11.1f} {median['short_behind_s']:12.2f}s {median['peak_after_mb']:11.0f}"
         )
     if args.out:
         with open(args.out, "w") as file:

@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Most prompt tokens one step reads; while other requests decode, a step reads only as much "
         "prompt as a plain decode step takes in time, shared equally between the prompts being read; default: 512, "
-        "2048 with --weights native (each step that reads a prompt dequantizes the 4-bit weights once)",
+        "1024 with --weights native (each step that reads a prompt dequantizes the 4-bit weights once)",
     )
     prompt_logprobs_tokens: int = Field(
         256, ge=1, description="Most prompt positions per step whose logits are kept for prompt logprobs (`echo`)"

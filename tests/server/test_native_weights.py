@@ -60,9 +60,9 @@ def test_the_default_dequantizes_in_float32(engine: Engine) -> None:
 
 
 def test_native_weights_read_prompts_in_larger_steps(engine: Engine, native_engine: Engine) -> None:
-    """Each step that reads a prompt chunk dequantizes the 4-bit weights once: native steps read up to 2048 tokens
+    """Each step that reads a prompt chunk dequantizes the 4-bit weights once: native steps read up to 1024 tokens
     where dense ones read 512, unless --prefill-tokens says otherwise."""
-    assert (native_engine.prefill_tokens, engine.prefill_tokens) == (2048, 512)
+    assert (native_engine.prefill_tokens, engine.prefill_tokens) == (1024, 512)
 
 
 def test_native_weights_need_a_gguf_on_the_cpu() -> None:

