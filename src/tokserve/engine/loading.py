@@ -35,7 +35,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 # prompt chunk dequantizes every 4-bit linear once (67-85 ms on the embedded model, 2 cores), a fifth of a 512-token
 # step. At 1024 a chat's prompt of ~600 tokens is one step, and a 1,900-token one's first token came within this
 # machine's noise of dense bfloat16's, as at 2048; but a request arriving while a prompt is read alone waits for the
-# step under way: 1.3 s at 1024, 2.9 at 2048, 0.8 at 512 (benchmarks/RESULTS.md).
+# step under way: 1.3-1.5 s at 1024, 2.6-3.0 at 2048, 0.7-0.9 at 512 (benchmarks/RESULTS.md).
 _PREFILL_TOKENS = {"dequantized": 512, "native": 1024}
 
 
