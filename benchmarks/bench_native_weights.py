@@ -67,18 +67,20 @@ def measure(weights: str, dtype: str, tokens: int) -> dict[str, float]:
     eight = asyncio.run(streams(8))
     peak = _memory()["peak"]  # before the long prompts, whose activations are another matter
     sentence = "The history of the sea is long and full of stories about sailors, storms and distant islands. "
+    prompts = {
+        repeats: tuple(engine.encode_chat([{"role": "user", "content": sentence * repeats}])) for repeats in (30, 100)
+    }
     long_prompts = {}
     for repeats, count in ((30, 1), (100, tokens)):
-        long_prompt = tuple(engine.encode_chat([{"role": "user", "content": sentence * repeats}]))
         # A different first token each time: no prefix of one is cached for the next.
-        runs = [asyncio.run(alone((repeats + i, *long_prompt), count)) for i in range(3)]
+        runs = [asyncio.run(alone((repeats + i, *prompts[repeats]), count)) for i in range(3)]
         long_prompts[repeats] = [statistics.median(values) for values in zip(*runs, strict=True)]
     short_prompt = tuple(engine.encode_chat([{"role": "user", "content": "Hi there!"}]))
 
     async def behind(first: int) -> float:
         """A short request's time to its first token, sent 0.3 s after a long prompt (alone till then); distinct
         first tokens keep the requests' ids apart and nothing cached."""
-        ahead = asyncio.ensure_future(alone((first, *long_prompt), 1))  # the loop's last: ~1,900 tokens
+        ahead = asyncio.ensure_future(alone((first, *prompts[100]), 1))
         await asyncio.sleep(0.3)
         short, _ = await asyncio.gather(alone((first + 100, *short_prompt), 1), ahead)
         return short[0]
