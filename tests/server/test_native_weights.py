@@ -2,7 +2,6 @@
 served by a real engine (continuous batching, prefix caching, the batch sampler), write what the dequantized float32
 model writes, up to near-ties."""
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -60,15 +59,14 @@ def test_the_default_dequantizes_in_float32(engine: Engine) -> None:
     assert engine.loaded.model.dtype == torch.float32 and engine.loaded.weights == "dequantized"
 
 
-def test_native_weights_read_prompts_in_larger_steps(engine: Engine, native_engine: Engine) -> None:
+def test_native_weights_read_prompts_in_larger_steps(
+    engine: Engine, native_engine: Engine, engine_with: Callable[..., AbstractContextManager[Engine]]
+) -> None:
     """Each step that reads a prompt chunk dequantizes the 4-bit weights once: native steps read up to 1024 tokens
     where dense ones read 512, unless --prefill-tokens says otherwise."""
     assert (native_engine.prefill_tokens, engine.prefill_tokens) == (1024, 512)
-    told = Engine(native_engine.loaded, dataclasses.replace(native_engine.settings, prefill_tokens=300))
-    try:
+    with engine_with(prefill_tokens=300) as told:
         assert told.prefill_tokens == 300
-    finally:
-        told.close()
 
 
 def test_native_weights_need_a_gguf_on_the_cpu() -> None:

@@ -6,8 +6,8 @@ own).
 
 import asyncio
 import ctypes
-import ctypes.util
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -218,8 +218,7 @@ def _return_freed_memory() -> None:
     Loading frees much of what it allocates (file buffers, float32 or unpacked copies) in between what it keeps, and
     glibc gives back only the free memory at the top of a heap: the embedded model with native weights stayed at
     700-730 MB resident after loading, 590 MB once trimmed."""
-    name = ctypes.util.find_library("c")
-    library = ctypes.CDLL(name) if name else None
-    trim = getattr(library, "malloc_trim", None)
+    # The symbols the process has loaded already (libc's among them): no library search at start-up.
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None) if os.name == "posix" else None
     if trim is not None:
         trim(0)
